@@ -1,0 +1,1 @@
+"""One module per CLI subcommand: ``register(parser)`` adds arguments and sets ``func``."""

@@ -1,0 +1,119 @@
+"""Typed, YAML-loadable stage configs.
+
+Every stage has one pydantic model derived from :class:`StageConfig`. Unknown keys are errors (a typo in a
+YAML file must not be silently ignored), and ``load`` accepts ``key.sub=value`` overrides like the CLI.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+T = TypeVar("T", bound="StageConfig")
+
+DeviceName = Literal["cpu", "cuda", "auto"]
+DTypeName = Literal["fp32", "fp16", "bf16"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and field."""
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @classmethod
+    def load(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+             **fields: Any) -> T:
+        """Build from a YAML file (optional) + ``a.b=value`` overrides + keyword fields."""
+        data: dict[str, Any] = {}
+        source = "<defaults>"
+        if path is not None:
+            data = read_yaml(path)
+            source = str(path)
+        for item in overrides or []:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {item!r}: expected the form key.sub=value")
+            set_dotted(data, key, yaml.safe_load(raw))
+        data.update(fields)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, source, cls.__name__)) from None
+
+    def to_yaml(self, path: str | Path) -> None:
+        from diffreid.io import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(data).__name__}")
+    base = data.pop("_BASE_", None)
+    if base:
+        merged = read_yaml(p.parent / base)
+        deep_update(merged, data)
+        data = merged
+    return data
+
+
+def deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def format_validation_error(err: ValidationError, source: str, model: str) -> str:
+    lines = [f"invalid {model} config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "<root>"
+        lines.append(f"  - {field}: {e['msg']} (got {e.get('input')!r})"[:300])
+    return "\n".join(lines)
+
+
+class RuntimeConfig(StageConfig):
+    """Where a stage runs. Shared by every stage that touches a model."""
+
+    device: DeviceName = Field("auto", description="auto = cuda when available, else cpu")
+    dtype: DTypeName = Field("fp32", description="fp32 is the safe default; fp16/bf16 halve GPU memory")
+    seed: int = Field(0, description="one seed per run makes every stage reproducible")
+
+    def torch_device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("runtime.device is 'cuda' but torch sees no CUDA device")
+        return torch.device(self.device)
+
+    def torch_dtype(self):
+        import torch
+
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.dtype]
+        if dtype is torch.float16 and self.torch_device().type == "cpu":
+            raise ConfigError("runtime.dtype fp16 needs a GPU: use fp32 or bf16 on cpu")
+        return dtype
