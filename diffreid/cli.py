@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffreid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module, summary in COMMANDS:
-        mod = importlib.import_module(f"diffreid.commands.{module}")
+        try:
+            mod = importlib.import_module(f"diffreid.commands.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"diffreid.commands.{module}":
+                raise
+            continue  # tests/test_cli.py asserts every command is present
         p = sub.add_parser(module.replace("_", "-"), help=summary, description=summary)
         mod.register(p)
     return parser
