@@ -6,6 +6,8 @@ STAMP := $(VENV)/.diffreid-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
+# local Ray clusters bind to 127.0.0.1 only
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: demo demo-quick test bench install clean
 

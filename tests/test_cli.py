@@ -12,7 +12,7 @@ def test_help_lists_every_command(capsys):
 
 
 def test_console_script_help_is_fast_and_clean():
-    proc = subprocess.run([sys.executable, "-m", "diffreid.cli", "--help"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "diffreid", "--help"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage: diffreid" in proc.stdout

@@ -1,0 +1,5 @@
+import sys
+
+from diffreid.cli import main
+
+sys.exit(main())

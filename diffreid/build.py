@@ -1,0 +1,368 @@
+"""`build_diff_person`: source identities -> LPE prompts -> reference set -> adapter -> samples -> filter -> write.
+
+The stage is split into three roles over plain data so the Ray layer can place each on its own actor pool
+without re-implementing any of it:
+
+    plan = prepare_build(cfg, out)            # sources, identities, base model, filter model, shared refsets
+    gen = IdentityGenerator(cfg, plan)        # holds the base pipeline; per identity: adapter + samples
+    scorer = IdentityScorer(cfg, plan)        # holds the Re-ID model + FAISS galleries
+    with open_writer(cfg, plan) as writer:    # Market layout + manifest, atomic, resumable per identity
+        for job in pending_jobs(plan, writer):
+            batch = gen.generate(job)
+            write_identity(writer, job, batch, scorer.score(job, batch.images))
+    finish_build(cfg, plan)                   # manifest merge, report
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from diffreid.config import ConfigError, RuntimeConfig, StageConfig
+from diffreid.data.toyworld import ToyWorldConfig
+from diffreid.diffperson.writer import DiffPersonWriter, WriterConfig
+from diffreid.filtering.base import FilterConfig
+from diffreid.generation.adapters.config import AdapterConfig
+from diffreid.generation.prompts import LPEConfig
+from diffreid.generation.refset import RefSetConfig
+from diffreid.generation.sampler import SamplerConfig
+from diffreid.io import atomic_write_json
+from diffreid.models.pipeline import PipelineConfig
+from diffreid.reid.train import ReIDTrainConfig
+
+
+class SourceConfig(StageConfig):
+    name: str = Field("source", pattern=r"^[\w.-]+$", description="source_dataset label in the manifest and pid map")
+    dataset: str = Field("market_layout", description="reader name for diffreid.data.load_dataset")
+    root: str | None = Field(None, description="dataset folder; None with `toyworld` set renders one into OUT")
+    reader_options: dict[str, Any] = Field(default_factory=dict, description="passed to the reader")
+    toyworld: ToyWorldConfig | None = Field(None, description="render this toy world as the source")
+    pids: list[int] | None = Field(None, description="only these source identities (None = all train ids)")
+    max_identities: int | None = Field(None, ge=1, description="first N identities in pid order (None = all)")
+    min_images: int = Field(4, ge=1, description="fewer real images cannot teach an adapter an identity")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.root is None and self.toyworld is None:
+            raise ValueError("set either root (a dataset folder) or toyworld (render one)")
+        return self
+
+
+class BuildConfig(StageConfig):
+    sources: list[SourceConfig] = Field(..., min_length=1, description="several sources share one disjoint pid space")
+    base_model: PipelineConfig = Field(default_factory=PipelineConfig, description="SD-1.x folder or hub id")
+    tiny_base_model: bool = Field(False, description="build the tiny offline pipeline into OUT/models (tests, demo)")
+    lpe: LPEConfig = Field(default_factory=LPEConfig, description="captioner, identity token, prompt templates")
+    refset: RefSetConfig = Field(default_factory=RefSetConfig, description="attribute reference set (DI)")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="identity adapter mode and training")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="images per identity and diversity")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="Re-ID CTF by default (paper §3.2)")
+    filter_reid: ReIDTrainConfig = Field(default_factory=ReIDTrainConfig,
+                                         description="trains the filter's Re-ID model per source when "
+                                                     "filter.reid_model_dir is unset")
+    writer: WriterConfig = Field(default_factory=WriterConfig, description="image format, generated camera id")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
+                                   description="copied into every stage so one line moves the build to cuda")
+
+    @model_validator(mode="after")
+    def _one_runtime(self):
+        for stage in (self.base_model, self.lpe, self.adapter, self.filter_reid):
+            if stage.runtime != self.runtime:
+                object.__setattr__(stage, "runtime", self.runtime)
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources: names must be unique, got {names}")
+        if not self.tiny_base_model and not self.base_model.path:
+            raise ValueError("base_model.path is empty: give an SD-1.x folder/hub id or set tiny_base_model: true")
+        return self
+
+
+@dataclass
+class IdentityJob:
+    """One identity to generate: plain data, cheap to ship to an actor."""
+
+    source: str
+    source_pid: int
+    pid: int  # output pid in the disjoint Diff-Person id space
+    image_paths: list[str]
+    sequence_paths: list[str]  # the same-camera sequence LPE captions
+
+
+@dataclass
+class BuildPlan:
+    out: str
+    base_model_path: str
+    jobs: list[IdentityJob]
+    skipped: list[dict]
+    source_records: dict[str, list]  # source name -> train records (filter gallery)
+    filter_model_dirs: dict[str, str]
+    captions: dict[int, str] = field(default_factory=dict)  # pid -> merged caption
+    refsets: dict[str, list[str]] = field(default_factory=dict)  # source (shared) or str(pid) -> image paths
+    refset_prompts: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class GeneratedBatch:
+    images: list  # PIL images
+    records: list[dict]
+    adapter_dir: str
+    prompt: str
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. plan
+# ----------------------------------------------------------------------------------------------------------
+def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) -> BuildPlan:
+    """Resolve sources, identities, base model and filter models; caption identities; shared reference sets.
+    Every step is cached under OUT, so a re-run is cheap."""
+    from diffreid.data import load_dataset
+    from diffreid.data.toyworld import render_world
+    from diffreid.generation.prompts import sequence_images
+
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out / "build_config.yaml")
+
+    base_path = cfg.base_model.path
+    if cfg.tiny_base_model:
+        from diffreid.models.tiny import build_tiny_pipeline
+
+        base_path = str(build_tiny_pipeline(out / "models" / "tiny-sd", seed=cfg.runtime.seed,
+                                            sample_height=cfg.sampler.height, sample_width=cfg.sampler.width))
+
+    jobs, skipped, source_records, filter_dirs = [], [], {}, {}
+    keys = []
+    for src in cfg.sources:
+        root = src.root or render_world(src.toyworld, out / "sources" / src.name)
+        dataset = load_dataset(src.dataset, root, **src.reader_options)
+        source_records[src.name] = dataset.train
+        sequences = dataset.identity_sequences("train")
+        pids = sorted(sequences) if src.pids is None else src.pids
+        unknown = sorted(set(pids) - set(sequences))
+        if unknown:
+            raise ConfigError(f"sources[{src.name}].pids: {unknown[:5]} are not train identities of {root}")
+        if src.max_identities:
+            pids = pids[:src.max_identities]
+        for spid in pids:
+            paths = [r.path for cam in sequences[spid].values() for r in cam]
+            if len(paths) < src.min_images:
+                skipped.append({"source": src.name, "source_pid": spid,
+                                "reason": f"{len(paths)} usable images < min_images {src.min_images}"})
+                continue
+            seq = [r.path for r in sequence_images(sequences[spid], cfg.lpe.max_images)]
+            keys.append((src.name, spid))
+            jobs.append(IdentityJob(src.name, spid, -1, paths, seq))
+        filter_dirs[src.name] = cfg.filter.reid_model_dir or str(
+            ensure_filter_model(cfg, dataset.train, out / "filters" / src.name / "reid_model", progress))
+
+    with DiffPersonWriter(out, cfg.writer) as writer:
+        for job, pid in zip(jobs, writer.register_identities(keys)):
+            job.pid = pid
+    plan = BuildPlan(out=str(out), base_model_path=base_path, jobs=jobs, skipped=skipped,
+                     source_records=source_records, filter_model_dirs=filter_dirs)
+    plan.captions = caption_all(cfg, plan)
+    if cfg.refset.share_across_identities and cfg.adapter.prior_loss_weight > 0:
+        pipe = load_base_pipeline(cfg, plan)
+        for src in cfg.sources:
+            prompts = [reference_prompt(cfg, plan.captions[j.pid]) for j in jobs if j.source == src.name]
+            if prompts:
+                plan.refsets[src.name], plan.refset_prompts[src.name] = make_refset(
+                    cfg, pipe, prompts, out / "refsets" / src.name)
+    return plan
+
+
+def ensure_filter_model(cfg: BuildConfig, train_records, folder: Path, progress: bool) -> Path:
+    """The source's Re-ID model for Re-ID CTF, trained once with the project's BoT trainer."""
+    from diffreid.reid.train import train_reid
+
+    if (folder / "reid_model.json").is_file():
+        return folder
+    train_reid(cfg.filter_reid, train_records, out_dir=folder, progress=progress)
+    return folder
+
+
+def caption_all(cfg: BuildConfig, plan: BuildPlan) -> dict[int, str]:
+    from diffreid.generation.prompts import build_captioner, caption_identity
+
+    captioner = build_captioner(cfg.lpe)
+    cache = Path(plan.out) / "captions"
+    return {job.pid: caption_identity(captioner, job.sequence_paths, cache, job.pid, max_phrases=cfg.lpe.max_phrases)
+            for job in plan.jobs}
+
+
+def identity_prompt(cfg: BuildConfig, caption: str, pid: int) -> str:
+    from diffreid.generation.prompts import prompts_from_config
+
+    token = cfg.adapter.token(pid) if cfg.adapter.mode == "shared_lora_ti" else None
+    return prompts_from_config(caption, cfg.lpe, token=token).identity
+
+
+def reference_prompt(cfg: BuildConfig, caption: str) -> str:
+    from diffreid.generation.prompts import prompts_from_config
+
+    return prompts_from_config(caption, cfg.lpe).reference
+
+
+def make_refset(cfg: BuildConfig, pipe, prompts: list[str], folder: Path) -> tuple[list[str], list[str]]:
+    from diffreid.generation.refset import generate_reference_set, plan as refset_plan
+
+    prompts = list(dict.fromkeys(prompts))
+    paths = generate_reference_set(pipe, prompts, cfg.refset, folder)
+    planned = refset_plan([" ".join(p.split()) for p in prompts], cfg.refset)
+    return [str(p) for p in paths], [p["prompt"] for p in planned]
+
+
+def load_base_pipeline(cfg: BuildConfig, plan: BuildPlan):
+    from diffreid.models.pipeline import load_pipeline
+
+    return load_pipeline(cfg.base_model.model_copy(update={"path": plan.base_model_path}))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. generate (one base pipeline, resident; adapters trained and sampled on it)
+# ----------------------------------------------------------------------------------------------------------
+class IdentityGenerator:
+    def __init__(self, cfg: BuildConfig, plan: BuildPlan, pipe=None):
+        self.cfg, self.plan = cfg, plan
+        self.pipe = pipe if pipe is not None else load_base_pipeline(cfg, plan)
+
+    def adapter_dir(self, job: IdentityJob) -> Path:
+        name = "shared" if self.cfg.adapter.mode == "shared_lora_ti" else str(job.pid)
+        return Path(self.plan.out) / "adapters" / name
+
+    def reference(self, job: IdentityJob) -> tuple[list[str] | None, list[str] | None]:
+        if self.cfg.adapter.prior_loss_weight == 0:
+            return None, None
+        if self.cfg.refset.share_across_identities:
+            return self.plan.refsets[job.source], self.plan.refset_prompts[job.source]
+        prompt = reference_prompt(self.cfg, self.plan.captions[job.pid])
+        return make_refset(self.cfg, self.pipe, [prompt], Path(self.plan.out) / "refsets" / str(job.pid))
+
+    def train_adapter(self, job: IdentityJob) -> Path:
+        """Train (or find finished) the identity's adapter; returns its folder."""
+        from diffreid.generation.adapters import train_identity_adapter
+
+        if self.cfg.adapter.mode == "shared_lora_ti":
+            return self.train_shared()
+        folder = self.adapter_dir(job)
+        ref_images, ref_prompts = self.reference(job)
+        train_identity_adapter(self.pipe, job.image_paths, identity_prompt(self.cfg, self.plan.captions[job.pid], job.pid),
+                               ref_images, ref_prompts, self.cfg.adapter, folder, adapter_name=f"id{job.pid}")
+        return folder
+
+    def train_shared(self) -> Path:
+        """shared_lora_ti: one adapter for every identity of the plan, trained once (a finished run is reused)."""
+        from diffreid.generation.adapters import train_shared_lora_ti
+
+        first = self.plan.jobs[0]
+        ref_images, ref_prompts = self.reference(first)
+        identities = {j.pid: (j.image_paths, self.plan.captions[j.pid]) for j in self.plan.jobs}
+        folder = self.adapter_dir(first)
+        train_shared_lora_ti(self.pipe, identities, self.cfg.adapter, folder, ref_images=ref_images,
+                             ref_prompt=ref_prompts, template=self.cfg.lpe.identity_template)
+        return folder
+
+    def ensure_loaded(self, job: IdentityJob, folder: Path) -> str:
+        from diffreid.generation.adapters import load_identity_adapter
+
+        name = "shared" if self.cfg.adapter.mode == "shared_lora_ti" else f"id{job.pid}"
+        load_identity_adapter(self.pipe, folder, name)
+        return name
+
+    def release(self, name: str) -> None:
+        from diffreid.generation.adapters import delete_adapter
+
+        if name != "shared":
+            delete_adapter(self.pipe, name)
+
+    def generate(self, job: IdentityJob, keep_loaded: bool = False) -> GeneratedBatch:
+        from diffreid.generation.sampler import sample_identity
+
+        t0 = time.time()
+        folder = self.train_adapter(job)
+        name = self.ensure_loaded(job, folder)
+        prompt = identity_prompt(self.cfg, self.plan.captions[job.pid], job.pid)
+        generated = sample_identity(self.pipe, name, prompt, job.pid, self.cfg.sampler)
+        if not keep_loaded:
+            self.release(name)
+        rel = str(folder.relative_to(self.plan.out))
+        records = [{**g.record, "adapter": rel, "base_model": self.plan.base_model_path} for g in generated]
+        return GeneratedBatch([g.image for g in generated], records, rel, prompt, time.time() - t0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. score (Re-ID model + FAISS gallery per source, built once)
+# ----------------------------------------------------------------------------------------------------------
+class IdentityScorer:
+    def __init__(self, cfg: BuildConfig, plan: BuildPlan):
+        from diffreid.filtering import build_filters
+
+        self.cfg = cfg
+        self.filters = {}
+        for name, records in plan.source_records.items():
+            fcfg = cfg.filter.model_copy(update={"reid_model_dir": plan.filter_model_dirs[name]})
+            self.filters[name] = build_filters(fcfg, records, runtime=cfg.runtime,
+                                               cache_dir=Path(plan.out) / "filters" / name)
+
+    def score(self, source: str, source_pid: int, images: list) -> tuple[dict[str, Any], Any]:
+        """Scores of every enabled filter (claimed identity = the source pid) and the keep flags."""
+        from diffreid.filtering import decide, score_all
+
+        scores = score_all(self.filters[source], images, [source_pid] * len(images))
+        return scores, decide(scores, self.cfg.filter)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. write and finish
+# ----------------------------------------------------------------------------------------------------------
+def open_writer(cfg: BuildConfig, plan: BuildPlan) -> DiffPersonWriter:
+    return DiffPersonWriter(plan.out, cfg.writer)
+
+
+def pending_jobs(plan: BuildPlan, writer: DiffPersonWriter) -> list[IdentityJob]:
+    return [j for j in plan.jobs if not writer.has_identity((j.source, j.source_pid))]
+
+
+def write_identity(writer: DiffPersonWriter, job: IdentityJob, batch: GeneratedBatch, scores: dict, kept) -> int:
+    records = [{**r, "source_dataset": job.source, "source_pid": job.source_pid} for r in batch.records]
+    return writer.add((job.source, job.source_pid), batch.images, records, scores, kept,
+                      source_images=job.image_paths[:8], info={"prompt": batch.prompt, "adapter": batch.adapter_dir})
+
+
+def finish_build(cfg: BuildConfig, plan: BuildPlan, timings: dict | None = None) -> Path:
+    from diffreid.diffperson.report import write_report
+
+    with DiffPersonWriter(plan.out, cfg.writer) as writer:
+        for s in plan.skipped:
+            writer.skip((s["source"], s["source_pid"]), s["reason"])
+    if timings:
+        atomic_write_json(Path(plan.out) / "timings.json", timings)
+    return write_report(plan.out)
+
+
+def build_diff_person(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) -> Path:
+    """The whole stage in one process, resumable per identity. Returns the report path."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    plan = prepare_build(cfg, out_dir, progress=progress)
+    timings = {"prepare_s": time.time() - t0}
+    with open_writer(cfg, plan) as writer:
+        todo = pending_jobs(plan, writer)
+    if todo:
+        generator = IdentityGenerator(cfg, plan)
+        if cfg.adapter.mode == "shared_lora_ti":
+            generator.train_shared()
+        scorer = IdentityScorer(cfg, plan)
+        with open_writer(cfg, plan) as writer:
+            for job in tqdm(todo, desc="identities", disable=not progress):
+                batch = generator.generate(job)
+                scores, kept = scorer.score(job.source, job.source_pid, batch.images)
+                write_identity(writer, job, batch, scores, kept)
+    timings["total_s"] = time.time() - t0
+    timings["identities_generated"] = len(todo)
+    return finish_build(cfg, plan, timings)

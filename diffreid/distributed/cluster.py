@@ -1,0 +1,22 @@
+"""Connecting to Ray: an existing cluster (RAY_ADDRESS / `ray job submit`) or a local one on loopback."""
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address``/RAY_ADDRESS, else start a local one bound to 127.0.0.1 only."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # Ray's single-machine mode binds every port to 127.0.0.1 instead of the machine's network address;
+        # it is read when ray is imported, so it is set before the import.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})

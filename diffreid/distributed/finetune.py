@@ -1,0 +1,25 @@
+"""Fine-tune/eval runs as parallel Ray tasks: each planned run is `diffreid.reid.finetune.run_one`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffreid.reid.finetune import FinetuneEvalConfig, planned_runs, run_one, write_results
+
+
+def run_finetune_eval_ray(cfg: FinetuneEvalConfig, out_dir: str | Path, num_cpus: float = 1, num_gpus: float = 0,
+                          max_retries: int = 2):
+    import pandas as pd
+    import ray
+    from tqdm import tqdm
+
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(run_one)
+    pending = [task.remote(cfg, run) for run in planned_runs(cfg)]
+    rows = []
+    with tqdm(total=len(pending), desc="fine-tune runs (ray)") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            rows += ray.get(done[0])
+            bar.update(1)
+    df = pd.DataFrame(rows)
+    write_results(df, out_dir)
+    return df

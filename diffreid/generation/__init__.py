@@ -1,0 +1,1 @@
+"""Generation stage: LPE prompts and captioners, the attribute reference set, identity adapters, sampler."""

@@ -1,0 +1,1 @@
+"""Re-ID models, training and evaluation (metrics live in `diffreid.reid.metrics`)."""

@@ -1,0 +1,17 @@
+"""DiVE: visible-infrared expansion — a modality adapter (shared LoRA + one token per identity), infrared
+images for RGB-only identities, a cross-modal Re-ID filter, and output in SYSU-MM01's own layout.
+
+    from diffreid.vi import VIExpandConfig, expand_vi
+    result = expand_vi(VIExpandConfig.load("configs/toy-vi.yaml"), "out/vi")
+    print(result.summary)
+"""
+from diffreid.vi.config import RayResources, ScorerConfig, ToyVIConfig, VIExpandConfig
+from diffreid.vi.expand import VIExpandResult, expand_vi
+from diffreid.vi.layout import Generated, SysuExpansionWriter, existing_ids
+from diffreid.vi.modality import PromptMaker, TrainImage, generate, train_modality_adapter, training_images
+
+__all__ = [
+    "Generated", "PromptMaker", "RayResources", "ScorerConfig", "SysuExpansionWriter", "ToyVIConfig", "TrainImage",
+    "VIExpandConfig", "VIExpandResult", "existing_ids", "expand_vi", "generate", "train_modality_adapter",
+    "training_images",
+]

@@ -1,0 +1,142 @@
+"""The one config of the VI expansion stage (DiVE): data, modality adapter, sampling, cross-modal filter, layout."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from diffreid.config import ConfigError, RuntimeConfig, StageConfig
+from diffreid.data.toyworld import ToyWorldConfig
+from diffreid.filtering.base import FilterConfig
+from diffreid.generation.adapters.config import AdapterConfig
+from diffreid.generation.sampler import SamplerConfig
+from diffreid.models.pipeline import PipelineConfig
+from diffreid.reid.train import ReIDTrainConfig
+
+
+def _toy_vi_world() -> ToyWorldConfig:
+    return ToyWorldConfig(layout="sysu", cams=6, ir_cams=[3, 6], ids_train=12, ids_val=2, ids_test=8,
+                          images_per_cam=(2, 4), height=64, width=32, seed=0)
+
+
+def _toy_rgb_world() -> ToyWorldConfig:
+    return ToyWorldConfig(layout="market", cams=4, ids_train=6, ids_test=2, images_per_cam=(2, 4), height=64,
+                          width=32, seed=1, cam_offset=20)
+
+
+class ToyVIConfig(StageConfig):
+    """A toy SYSU-style VI world, a toy RGB-only world and the tiny model, made when the paths are empty."""
+
+    vi_world: ToyWorldConfig = Field(default_factory=_toy_vi_world,
+                                     description="SYSU layout, cameras 3 and 6 infrared, like SYSU-MM01")
+    rgb_world: ToyWorldConfig = Field(default_factory=_toy_rgb_world,
+                                      description="Market layout on other cameras: the RGB-only dataset to expand")
+    tiny_seed: int = Field(0, description="weight seed of the tiny diffusion pipeline")
+    dir: str | None = Field(None, description="where the toy worlds and tiny model go; None = <out>/toy")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ToyVIConfig":
+        if self.vi_world.layout != "sysu" or sorted(self.vi_world.ir_cams) != [3, 6]:
+            raise ConfigError("toy.vi_world: expected layout 'sysu' with ir_cams [3, 6] (the SYSU-MM01 reader "
+                              "treats cameras 3 and 6 as infrared)")
+        if self.rgb_world.ir_cams:
+            raise ConfigError("toy.rgb_world.ir_cams must be empty: it plays the RGB-only dataset")
+        return self
+
+
+class ScorerConfig(StageConfig):
+    """The cross-modality Re-ID model behind the filter: IR generated image vs the identity's RGB gallery."""
+
+    model_dir: str | None = Field(None, description="an existing VI Re-ID model folder (save_reid_model); "
+                                  "None = train one on both modalities of the VI dataset")
+    train: ReIDTrainConfig = Field(default_factory=ReIDTrainConfig,
+                                   description="BoT on RGB+IR images of the VI train ids: the shared ID head pulls "
+                                   "both modalities of a person to one class, so features are cross-modal")
+    evaluate: bool = Field(True, description="report the scorer's SYSU-MM01 all/indoor scores on the VI test split")
+    eval_trials: int = Field(10, ge=1, description="SYSU protocol: 10 random single-shot galleries")
+
+
+class RayResources(StageConfig):
+    num_cpus: float = Field(1, ge=0, description="CPU cores for the expansion task")
+    num_gpus: float = Field(0, ge=0, description="one GPU per expansion task on a GPU cluster")
+
+
+class VIExpandConfig(StageConfig):
+    """DiVE: learn modality (a shared LoRA with modality/camera words) and identity (one token per person) on a
+    VI dataset plus the RGB identities to expand, then generate infrared images for those RGB-only people."""
+
+    # 1. data
+    vi_dataset: Literal["sysu_mm01"] = Field("sysu_mm01", description="the output is written in this dataset's "
+                                             "layout; SYSU-MM01 is the layout VI trainers read")
+    vi_root: str = Field("", description="the VI dataset folder; empty = the toy world (toy section)")
+    vi_options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. include_val")
+    rgb_dataset: str = Field("market1501", description="the RGB-only dataset whose identities are expanded")
+    rgb_root: str = Field("", description="its folder; empty = the toy world (toy section)")
+    rgb_options: dict[str, Any] = Field(default_factory=dict, description="reader options of the RGB dataset")
+    rgb_split: Literal["train", "query", "gallery"] = Field("train", description="identities come from train")
+    rgb_ids: list[int] | None = Field(None, description="source pids to expand; None = all of the split")
+    max_rgb_ids: int | None = Field(None, ge=1, description="cap on expanded identities (lowest pids first)")
+    max_vi_ids: int | None = Field(None, ge=1, description="cap on VI identities that teach modality; None = all")
+    train_images_per_id: int = Field(16, ge=1, description="per identity and modality, evenly spread over its "
+                                     "images: keeps one person from dominating the shared LoRA")
+    new_pid_start: int | None = Field(None, ge=1, description="first new pid; None = the VI dataset's max id + 1")
+
+    # 2. modality adapter and sampling
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="the base text-to-image model")
+    adapter: AdapterConfig = Field(
+        default_factory=lambda: AdapterConfig(mode="shared_lora_ti", prior_loss_weight=0.0),
+        description="DiVE: shared LoRA = modality, one token per identity; no reference set (lambda 0)")
+    prompt_template: str = Field("a {modality} photo of {token} person",
+                                 description="DiVE's prompt: a modality word and the identity token")
+    modality_words: dict[Literal["rgb", "ir"], str] = Field({"rgb": "visible", "ir": "infrared"},
+                                                            description="words that carry the modality")
+    camera_words: bool = Field(True, description="VI images also name their camera ('infrared cam3'), so "
+                               "each IR camera's look can be asked for")
+    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(phrases_per_prompt=0),
+                                   description="no attribute phrases by default: clothing words fight the "
+                                   "identity token and mean little in infrared")
+    ir_images_per_id: int = Field(20, ge=1, description="infrared images per expanded identity, spread over the "
+                                  "VI dataset's IR cameras")
+    rgb_images_per_id: int = Field(0, ge=0, description="optional generated visible images (the source RGB "
+                                   "images are always copied)")
+    ids_per_chunk: int = Field(16, ge=1, description="identities sampled together (mixed batches) and committed "
+                               "together; a crash loses at most one chunk")
+
+    # 3. filter
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="Re-ID CTF over the RGB gallery of "
+                                 "the expanded identities, with the cross-modal scorer below")
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the cross-modal Re-ID model")
+    min_kept_ir: int = Field(1, ge=0, description="an identity with fewer kept IR images is not added "
+                             "(it would stay an RGB-only identity)")
+
+    # 4. output
+    link_mode: Literal["symlink", "copy"] = Field("symlink", description="how the VI dataset's own pid folders "
+                                                  "enter the output; symlink costs no space")
+    keep_dropped: bool = Field(True, description="write filtered-out images under dropped/ for inspection")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="re-encoding artefacts stay invisible")
+
+    toy: ToyVIConfig | None = Field(None, description="make toy worlds and the tiny model for empty paths")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
+                                   description="applies to every part that does not set its own runtime")
+    ray: RayResources = Field(default_factory=RayResources, description="resources of the Ray task (ray_jobs)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "VIExpandConfig":
+        if self.adapter.mode != "shared_lora_ti":
+            raise ConfigError(f"adapter.mode={self.adapter.mode!r}: VI expansion needs shared_lora_ti (one "
+                              "LoRA for the modality shared by all identities + one token per identity)")
+        if self.adapter.prior_loss_weight > 0:
+            raise ConfigError("adapter.prior_loss_weight must be 0 for VI expansion: the modality adapter has no "
+                              "attribute reference set")
+        for placeholder in ("{modality}", "{token}"):
+            if placeholder not in self.prompt_template:
+                raise ConfigError(f"prompt_template {self.prompt_template!r} must contain {placeholder}")
+        if set(self.modality_words) != {"rgb", "ir"}:
+            raise ConfigError("modality_words: expected a word for both 'rgb' and 'ir'")
+        if self.filter.filters != ["reid_ctf"]:
+            raise ConfigError(f"filter.filters={self.filter.filters}: the VI filter is the cross-modal "
+                              "Re-ID CTF only (['reid_ctf'])")
+        for part in (self.pipeline, self.adapter, self.scorer.train):
+            if "runtime" not in part.model_fields_set:
+                part.runtime = self.runtime.model_copy()
+        return self

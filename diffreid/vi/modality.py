@@ -1,0 +1,102 @@
+"""DiVE's modality adapter: one LoRA shared by all identities learns the modality (from modality/camera words
+in the prompt), one token per identity learns the person. Trained jointly over the VI dataset's identities
+(both modalities) and the RGB identities to expand (visible only); sampling then asks for an RGB-only
+person's token with the infrared word.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from diffreid.config import ConfigError
+from diffreid.data.types import ImageRecord
+from diffreid.generation.adapters import AdapterConfig, AdapterResult
+from diffreid.generation.sampler import GeneratedImage, SamplerConfig, sample_mixed
+
+
+@dataclass(frozen=True)
+class PromptMaker:
+    template: str
+    modality_words: dict[str, str]
+    camera_words: bool
+
+    def __call__(self, token: str, modality: str, cam: int | None = None) -> str:
+        """``cam`` is a 1-based camera of the VI dataset (None for images of the RGB dataset)."""
+        word = self.modality_words[modality]
+        if self.camera_words and cam is not None:
+            word = f"{word} cam{cam}"
+        return " ".join(self.template.format(modality=word, token=token).split())
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    path: str
+    pid: int  # the token's pid: the VI dataset's own id, or the new pid of an RGB identity
+    prompt: str
+
+
+def thin(records: Sequence[ImageRecord], limit: int) -> list[ImageRecord]:
+    """At most ``limit`` records, evenly spread over the (path-ordered) list."""
+    records = sorted(records, key=lambda r: r.path)
+    if len(records) <= limit:
+        return records
+    step = len(records) / limit
+    return [records[int(i * step)] for i in range(limit)]
+
+
+def training_images(vi_records: Sequence[ImageRecord], rgb_records: dict[int, Sequence[ImageRecord]],
+                    cfg: AdapterConfig, prompt: PromptMaker, per_id: int) -> list[TrainImage]:
+    """The modality adapter's training set: each VI identity's images per modality (camera word from its
+    own camera) and each RGB identity's visible images (``rgb_records``: new pid -> its source records)."""
+    out: list[TrainImage] = []
+    groups: dict[tuple[int, str], list[ImageRecord]] = {}
+    for r in vi_records:
+        groups.setdefault((r.pid, r.modality), []).append(r)
+    for (pid, modality), recs in sorted(groups.items()):
+        out += [TrainImage(r.path, pid, prompt(cfg.token(pid), modality, r.camid + 1)) for r in thin(recs, per_id)]
+    for pid, recs in sorted(rgb_records.items()):
+        out += [TrainImage(r.path, pid, prompt(cfg.token(pid), "rgb")) for r in thin(recs, per_id)]
+    return out
+
+
+def train_modality_adapter(pipe, images: Sequence[TrainImage], cfg: AdapterConfig, out_dir: str | Path,
+                           name: str = "modality", on_step=None) -> AdapterResult:
+    """Train the shared LoRA + one token per pid on ``images``, each with its own prompt.
+
+    ``train_shared_lora_ti`` takes one caption per identity; a VI identity needs one prompt per image (its
+    modality and camera words), so this feeds the same trainer (its image set, DiVE job and loop) per-image
+    prompts. Resumable and idempotent like every adapter run."""
+    from diffreid.generation.adapters import train as adapter_train
+
+    if cfg.mode != "shared_lora_ti":
+        raise ConfigError(f"adapter.mode={cfg.mode!r}: the modality adapter needs shared_lora_ti")
+    if not images:
+        raise ConfigError("the modality adapter has no training images")
+    pids = sorted({im.pid for im in images})
+    loaded = adapter_train.load_images([im.path for im in images], "modality adapter images")
+    instance = adapter_train._ImageSet(loaded, [im.prompt for im in images], cfg)
+    extra = {"tokens": {cfg.token(pid): pid for pid in pids}, "prompts": {"instance": instance.prompts, "reference": []}}
+    return adapter_train._train(pipe, lambda: adapter_train._SharedLoraTIJob(pipe, cfg, pids), cfg, Path(out_dir),
+                                instance, None, name, extra, on_step)
+
+
+def generate(pipe, adapter: str, pids: Sequence[int], tokens: dict[int, str], modality: str, cams: Sequence[int],
+             per_id: int, sampler: SamplerConfig, prompt: PromptMaker,
+             start_index: int = 0) -> dict[int, list[tuple[GeneratedImage, int]]]:
+    """``per_id`` images of ``modality`` for every pid, spread round-robin over ``cams`` (1-based), as
+    (image, camera) pairs. Each camera's prompts form one mixed-identity sampling run; image indices
+    (hence seeds) run from ``start_index`` without overlap across cameras."""
+    out: dict[int, list[tuple[GeneratedImage, int]]] = {pid: [] for pid in pids}
+    offset = start_index
+    for slot, cam in enumerate(cams):
+        count = len(range(slot, per_id, len(cams)))
+        if count == 0:
+            continue
+        items = [(pid, prompt(tokens[pid], modality, cam)) for pid in pids]
+        images = sample_mixed(pipe, items, sampler.model_copy(update={"num_images": count}), adapter=adapter,
+                              start_index=offset)
+        for g in images:
+            out[g.record["pid"]].append((g, cam))
+        offset += count
+    return out

@@ -1,0 +1,228 @@
+"""Re-ID model, PK sampler, features and the BoT trainer, on real toy-world images and real metrics."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffreid.cli import main
+from diffreid.config import ConfigError
+from diffreid.data import DatasetError, load_dataset
+from diffreid.data.toyworld import ToyWorldConfig, render_world
+from diffreid.reid.features import extract_features
+from diffreid.reid.model import ReIDModelConfig, build_reid_model, load_reid_model, save_reid_model
+from diffreid.reid.sampler import PKSampler
+from diffreid.reid.train import (ReIDTrainConfig, batch_hard_triplet_loss, evaluate_reid, lr_factor,
+                                 train_reid)
+
+TOY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "toy-reid.yaml"
+
+torch.set_num_threads(2)
+
+
+def tiny_cfg(*overrides: str) -> ReIDTrainConfig:
+    return ReIDTrainConfig.load(TOY_CONFIG, overrides=["P=4", "K=4", "epochs=1", "iters_per_epoch=2",
+                                                       "warmup_epochs=0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    cfg = ToyWorldConfig(ids_train=8, ids_test=6, cams=4, height=64, width=32, seed=3)
+    return render_world(cfg, tmp_path_factory.mktemp("world") / "toy", progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(small_world):
+    return load_dataset("market_layout", small_world)
+
+
+# ---------------------------------------------------------------------------------------------- sampler
+def test_pk_sampler_gives_p_ids_with_k_images_each():
+    pids = [7] * 1 + [3] * 2 + [5] * 9 + [9] * 4 + [2] * 6 + [4] * 5  # id 7 and 3 have fewer than K images
+    sampler = PKSampler(pids, p=3, k=3, seed=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == len(pids) // 9
+    seen = Counter()
+    for batch in batches:
+        assert len(batch) == 9
+        counts = Counter(pids[i] for i in batch)
+        assert len(counts) == 3 and set(counts.values()) == {3}
+        for pid in counts:
+            chunk = [i for i in batch if pids[i] == pid]
+            if pids.count(pid) >= 3:
+                assert len(set(chunk)) == 3, "an identity with K images or more is sampled without replacement"
+        seen.update(counts)
+    assert list(PKSampler(pids, p=3, k=3, seed=1)) == batches, "same seed and epoch -> same batches"
+    sampler.set_epoch(1)
+    assert list(sampler) != batches, "a new epoch reshuffles"
+    # over many epochs every identity is visited equally often
+    visits = Counter()
+    for epoch in range(30):
+        sampler.set_epoch(epoch)
+        for batch in sampler:
+            visits.update({pids[i] for i in batch})
+    assert max(visits.values()) - min(visits.values()) <= 2 * 3
+    with pytest.raises(ValueError, match="P=7"):
+        PKSampler(pids, p=7, k=2)
+
+
+# ---------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("override, field", [("model.pool=max", "model.pool"), ("lr=-1", "lr"),
+                                             ("epochz=3", "epochz"), ("P=1", "P"),
+                                             ("milestones=[9,3]", "milestones")])
+def test_bad_config_field_is_named(override, field):
+    with pytest.raises(ConfigError, match=field):
+        ReIDTrainConfig.load(TOY_CONFIG, overrides=[override])
+
+
+def test_toy_config_and_lr_schedule():
+    cfg = ReIDTrainConfig.load(TOY_CONFIG)
+    assert cfg.model.backbone == "resnet18" and (cfg.height, cfg.width) == (64, 32)
+    bot = ReIDTrainConfig()
+    assert lr_factor(bot, 0) == pytest.approx(0.01) and lr_factor(bot, 5) == pytest.approx(0.505)
+    assert [lr_factor(bot, e) for e in (10, 39.9, 40, 70)] == pytest.approx([1, 1, 0.1, 0.01])
+    cos = ReIDTrainConfig(scheduler="cosine", warmup_epochs=0, epochs=10)
+    assert [lr_factor(cos, e) for e in (0, 5, 10)] == pytest.approx([1, 0.5, 0])
+
+
+def test_too_few_identities_for_p_is_a_config_error(small_dataset):
+    with pytest.raises(ConfigError, match="P=16"):
+        train_reid(tiny_cfg("P=16"), small_dataset.train, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- model
+def test_batch_hard_triplet_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(8, 5, generator=gen)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])
+    dist = torch.cdist(feats, feats)
+    expected = []
+    for a in range(8):
+        pos = max(dist[a, p] for p in range(8) if labels[p] == labels[a])
+        neg = min(dist[a, n] for n in range(8) if labels[n] != labels[a])
+        expected.append(max(0.0, float(pos - neg + 0.3)))
+    got = batch_hard_triplet_loss(feats, labels, margin=0.3)
+    assert float(got) == pytest.approx(np.mean(expected), abs=1e-5)
+    soft = batch_hard_triplet_loss(feats, labels, margin=0.3, soft_margin=True)
+    assert float(soft) > 0 and float(soft) != pytest.approx(float(got))
+
+
+def test_model_heads_last_stride_and_token_backbones():
+    x = torch.randn(2, 3, 64, 32)
+    model = build_reid_model(ReIDModelConfig(backbone="resnet18", pool="gem"), num_classes=5)
+    plain = build_reid_model(ReIDModelConfig(backbone="resnet18", last_stride_1=False), num_classes=5)
+    assert model.backbone.forward_features(x).shape[-2:] == (4, 2)
+    assert plain.backbone.forward_features(x).shape[-2:] == (2, 1)
+    logits, feat = model.train()(x)
+    assert logits.shape == (2, 5) and feat.shape == (2, 512)
+    assert model.classifier.bias is None and not model.bnneck.bias.requires_grad
+    assert model.eval()(x).shape == (2, 512)
+    with pytest.warns(UserWarning, match="last_stride_1"):
+        vit = build_reid_model(ReIDModelConfig(backbone="test_vit"), num_classes=3)
+    assert vit.eval()(x[:, :, :32, :32]).shape == (2, vit.feat_dim)
+    with pytest.raises(ConfigError, match="model.backbone"):
+        build_reid_model(ReIDModelConfig(backbone="no_such_net"), num_classes=3)
+
+
+def test_backbone_init_from_timm_file_and_state(tmp_path):
+    from safetensors.torch import save_file
+
+    src = build_reid_model(ReIDModelConfig(backbone="resnet18"), num_classes=4)
+    file = tmp_path / "backbone.safetensors"
+    save_file({k: v.contiguous() for k, v in src.backbone.state_dict().items()}, str(file))
+    from_file = build_reid_model(ReIDModelConfig(backbone="resnet18", pretrained_file=str(file)), num_classes=4)
+    fresh = build_reid_model(ReIDModelConfig(backbone="resnet18"), num_classes=4)
+    fresh.load_backbone_state(src.state_dict())  # "backbone."-prefixed keys of a whole ReIDModel
+    for model in (from_file, fresh):
+        for k, v in src.backbone.state_dict().items():
+            assert torch.equal(model.backbone.state_dict()[k], v), k
+    with pytest.raises(ValueError, match="does not fit"):
+        fresh.load_backbone_state({"conv1.weight": torch.zeros(1)} | {"bogus": torch.zeros(1)})
+    with pytest.raises(ConfigError, match="pretrained_file"):
+        build_reid_model(ReIDModelConfig(backbone="resnet18", pretrained_file=str(tmp_path / "x.pt")), 4)
+
+
+# ---------------------------------------------------------------------------------------------- features
+def test_extract_features_accepts_pil_paths_and_records(small_dataset):
+    model = build_reid_model(ReIDModelConfig(backbone="resnet18"), num_classes=3)
+    records = small_dataset.query[:5]
+    by_record = extract_features(model, records, batch_size=2, height=64, width=32)
+    by_path = extract_features(model, [Path(r.path) for r in records], height=64, width=32)
+    by_pil = extract_features(model, [Image.open(r.path) for r in records], height=64, width=32)
+    assert by_record.dtype == np.float32 and by_record.shape == (5, 512)
+    np.testing.assert_allclose(np.linalg.norm(by_record, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(by_record, by_path, atol=1e-6)
+    np.testing.assert_allclose(by_record, by_pil, atol=1e-6)
+    flipped = extract_features(model, records, height=64, width=32, flip=True)
+    assert not np.allclose(flipped, by_record)
+    assert extract_features(model, [], height=64, width=32).shape == (0, 512)
+    with pytest.raises(DatasetError, match="missing.jpg"):
+        extract_features(model, ["missing.jpg"], height=64, width=32)
+    with pytest.raises(ValueError, match="height and width"):
+        extract_features(model, records)
+
+
+def test_train_save_load_roundtrip_gives_identical_features(small_dataset, tmp_path):
+    cfg = tiny_cfg()
+    epochs_seen = []
+    result = train_reid(cfg, small_dataset.train, out_dir=tmp_path / "run", progress=False,
+                        on_epoch_end=lambda metrics, model: epochs_seen.append(metrics["epoch"]))
+    assert epochs_seen == [1] and len(result.history) == 1
+    assert np.isfinite(result.history[0]["loss"]) and result.history[0]["loss"] > 0
+    assert result.label_pids == sorted({r.pid for r in small_dataset.train})
+    for name in ("model.safetensors", "reid_model.json", "train_config.yaml", "history.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    loaded = load_reid_model(tmp_path / "run")
+    assert loaded.input_size == (64, 32) and loaded.label_pids == result.label_pids
+    images = small_dataset.gallery[:6]
+    np.testing.assert_array_equal(extract_features(result.model, images), extract_features(loaded, images))
+    assert ReIDTrainConfig.load(tmp_path / "run" / "train_config.yaml") == cfg
+    # save_reid_model also takes a bare model config and records the model's own input size
+    save_reid_model(loaded, loaded.cfg, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "reid_model.json").read_text())["input_size"] == [64, 32]
+    with pytest.raises(FileNotFoundError, match="reid_model.json"):
+        load_reid_model(tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli_train_writes_model_and_metrics(small_world, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["train", "--data", str(small_world), "--out", str(out), "--config", str(TOY_CONFIG),
+               "--set", "P=4", "--set", "epochs=1", "--set", "iters_per_epoch=2", "--baseline", "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "mAP" in printed and "before training" in printed
+    for name in ("model.safetensors", "reid_model.json", "train_config.yaml", "history.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())["results"]
+    assert len(metrics) == 2 and all(0 <= m["mAP"] <= 1 for m in metrics.values())
+    assert load_reid_model(out).label_pids is not None
+
+
+def test_cli_train_bad_field_is_one_line(small_world, tmp_path, capsys):
+    rc = main(["train", "--data", str(small_world), "--out", str(tmp_path / "x"), "--set", "model.pool=max"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.pool" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------- learning
+@pytest.mark.slow
+def test_training_beats_random_init_on_the_toy_world(tmp_path):
+    world = render_world(ToyWorldConfig(ids_train=24, ids_test=16, cams=4, height=64, width=32, seed=0),
+                         tmp_path / "world", progress=False)
+    dataset = load_dataset("market_layout", world)
+    cfg = ReIDTrainConfig.load(TOY_CONFIG, overrides=["epochs=12", "lr=1e-3", "warmup_epochs=1",
+                                                      "milestones=[9]"])
+    torch.manual_seed(cfg.runtime.seed)
+    num_ids = len({r.pid for r in dataset.train})
+    before = evaluate_reid(build_reid_model(cfg.model, num_ids), dataset, cfg)
+    result = train_reid(cfg, dataset.train, progress=False)
+    after = evaluate_reid(result.model, dataset, cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert after["mAP"] > before["mAP"] + 0.15, (before, after)
+    assert after["Rank-1"] > before["Rank-1"] + 0.2, (before, after)
