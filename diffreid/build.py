@@ -15,6 +15,7 @@ without re-implementing any of it:
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,13 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
     for src in cfg.sources:
         root = src.root or render_world(src.toyworld, out / "sources" / src.name)
         dataset = load_dataset(src.dataset, root, **src.reader_options)
-        source_records[src.name] = dataset.train
+        train = [r for r in dataset.train if readable_image(r.path)]
+        if len(train) < len(dataset.train):
+            bad = sorted({r.path for r in dataset.train} - {r.path for r in train})
+            warnings.warn(f"source {src.name}: skipped {len(bad)} unreadable or corrupt image(s), e.g. {bad[:3]}",
+                          stacklevel=2)
+        dataset.train = train
+        source_records[src.name] = train
         sequences = dataset.identity_sequences("train")
         pids = sorted(sequences) if src.pids is None else src.pids
         unknown = sorted(set(pids) - set(sequences))
@@ -173,6 +180,18 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
                 plan.refsets[src.name], plan.refset_prompts[src.name] = make_refset(
                     cfg, pipe, prompts, out / "refsets" / src.name)
     return plan
+
+
+def readable_image(path: str) -> bool:
+    """True when the file decodes as an image (corrupt or truncated files are skipped, not fatal)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:  # PIL raises many types for bad files: any of them means "skip this file"
+        return False
 
 
 def ensure_filter_model(cfg: BuildConfig, train_records, folder: Path, progress: bool) -> Path:

@@ -1,0 +1,76 @@
+"""Fine-tune + evaluate in the paper's settings: exact seeded Fs/Ss splits, a full setting x init table."""
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from diffreid.config import ConfigError
+from diffreid.data import load_dataset
+from diffreid.data.toyworld import ToyWorldConfig, render_world
+from diffreid.data.types import ImageRecord
+from diffreid.reid.finetune import (FinetuneEvalConfig, fewshot_images, planned_runs, run_finetune_eval,
+                                    smallscale_ids)
+
+
+def records(n_ids=20, per_id=10):
+    return [ImageRecord(f"/x/{pid:04d}_{i}.jpg", pid, i % 3) for pid in range(1, n_ids + 1) for i in range(per_id)]
+
+
+@pytest.mark.parametrize("percent", [10, 30, 50, 70, 90])
+def test_fewshot_keeps_exact_fraction_per_identity(percent):
+    recs = records()
+    kept = fewshot_images(recs, percent, seed=1)
+    assert Counter(r.pid for r in kept) == {pid: percent // 10 for pid in range(1, 21)}
+    assert set(kept) <= set(recs)
+    assert fewshot_images(recs, percent, seed=1) == kept
+    if percent < 90:
+        assert fewshot_images(recs, percent, seed=2) != kept
+
+
+@pytest.mark.parametrize("percent", [10, 30, 50, 70, 90])
+def test_smallscale_keeps_exact_fraction_of_identities(percent):
+    recs = records()
+    kept = smallscale_ids(recs, percent, seed=1)
+    pids = {r.pid for r in kept}
+    assert len(pids) == 20 * percent // 100
+    assert all(sum(r.pid == p for r in kept) == 10 for p in pids)  # whole identities
+    assert smallscale_ids(recs, percent, seed=1) == kept
+    if percent < 90:
+        assert {r.pid for r in smallscale_ids(recs, percent, seed=7)} != pids
+
+
+def test_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="fractions"):
+        FinetuneEvalConfig.load(target={"root": str(tmp_path)}, fractions=[0, 50])
+    with pytest.raises(ConfigError, match="inits.mine"):
+        FinetuneEvalConfig.load(target={"root": str(tmp_path)}, inits={"mine": str(tmp_path / "nope.safetensors")})
+
+
+@pytest.mark.slow
+def test_results_table_has_every_setting_and_init(tmp_path):
+    from diffreid.reid.pretrain import PretrainConfig, pretrain_in_process
+
+    world = render_world(ToyWorldConfig(ids_train=8, ids_test=6, cams=3, height=64, width=32, seed=5),
+                         tmp_path / "world")
+    other = render_world(ToyWorldConfig(ids_train=2, ids_test=5, cams=3, height=64, width=32, seed=6,
+                                        pid_offset=100, cam_offset=3), tmp_path / "other")
+    pre = PretrainConfig.load(overrides=["backbone=resnet18", "height=64", "width=32", "epochs=1",
+                                         "warmup_epochs=0", "batch_size=16", "loader_workers=0"])
+    weights = pretrain_in_process(pre, load_dataset("market_layout", world).train, tmp_path / "pre", progress=False)
+    cfg = FinetuneEvalConfig.load(
+        target={"root": str(world)}, cross_domain={"root": str(other)},
+        settings=["supervised", "fs", "ss", "cross_domain"], fractions=[50], seeds=[0],
+        inits={"random": None, "pretrained": str(weights)},
+        train={"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 4, "K": 2, "epochs": 1,
+               "warmup_epochs": 0, "milestones": [5], "num_workers": 0, "pad": 2})
+    assert len(planned_runs(cfg)) == 2 * 3
+    df = run_finetune_eval(cfg, tmp_path / "out", progress=False)
+    cells = {(r.setting, r.percent, r.init) for r in df.itertuples()}
+    assert cells == {(s, p, i) for i in ("random", "pretrained")
+                     for s, p in [("supervised", 100), ("cross_domain", 100), ("fs", 50), ("ss", 50)]}
+    assert df[["mAP", "Rank-1", "mINP"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (df[df.setting == "ss"].train_ids == 4).all()
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "random mAP/R1" in md and "pretrained mAP/R1" in md and "| fs | 50 |" in md
+    assert pd.read_csv(tmp_path / "out" / "results.csv").shape[0] == 8
+    assert (tmp_path / "out" / "results.png").stat().st_size > 5000
