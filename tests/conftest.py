@@ -5,6 +5,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray binds every port to loopback only in its single-machine mode (checked with `ss -ltnp`).
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# A local ray.init() leaves ~/.ray/auth_token behind, which turns token auth on for later `ray start`s
+# while the test driver sends none; the test cluster is loopback-only, so auth stays off.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 
 import shutil

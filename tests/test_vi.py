@@ -158,6 +158,27 @@ def test_rerun_resumes_without_duplicates(expanded, worlds):
     assert result.summary["scorer"]["train_seconds"] == 0 and result.summary["adapter"]["seconds"] == 0
 
 
+@pytest.mark.ray
+def test_ray_job_runs_the_same_function(expanded):
+    """The Ray entrypoint (a local cluster on 127.0.0.1) resumes the finished output: nothing is regenerated."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "ray_jobs.expand_vi", "--config", str(expanded["cfg"]), "--out",
+                           str(expanded["out"])], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["generation"]["identities_this_run"] == 0
+    assert summary["expanded_ids"] == expanded["summary"]["expanded_ids"]
+    bad = subprocess.run([sys.executable, "-m", "ray_jobs.expand_vi", "--config", str(expanded["cfg"]), "--out",
+                          str(expanded["out"]), "--set", "adapter.mode=lora"], capture_output=True, text=True,
+                         timeout=120, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert bad.returncode == 2 and "shared_lora_ti" in bad.stderr
+
+
 def test_writer_clears_a_crashed_identity(worlds, tmp_path):
     writer = SysuExpansionWriter(tmp_path / "out", worlds["vi"])
     (pid,) = writer.assign_pids([("toy", 7)])
@@ -171,6 +192,13 @@ def test_writer_clears_a_crashed_identity(worlds, tmp_path):
     rows = writer.write_identity(pid, [], [Generated(img, 3, "ir", rec, {"reid_ctf": 0.9}, True)], expanded=True)
     assert rows == 1 and not stale.exists()
     assert writer.write_identity(pid, [], [], expanded=True) == 0  # committed: a no-op
+
+
+def test_toy_config_loads_and_fills_runtime():
+    cfg = VIExpandConfig.load(Path(__file__).resolve().parents[1] / "configs" / "toy-vi.yaml",
+                              overrides=["runtime.device=cpu"])
+    assert cfg.toy is not None and cfg.vi_root == "" and cfg.adapter.mode == "shared_lora_ti"
+    assert cfg.adapter.runtime.device == cfg.pipeline.runtime.device == cfg.scorer.train.runtime.device == "cpu"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ def run(args):
     print(f"VI expansion in {result.out}: {s['expanded_ids']}/{s['rgb_ids']} RGB identities expanded "
           f"(new pids {s['new_pids'][0]}..{s['new_pids'][1]}), {s['generated_kept']}/{s['generated']} generated "
           f"images kept, {s['images_written']} images written")
+    if s["generated"] and not s["generated_kept"]:
+        print(f"note: no generated image passed the filter (filter.threshold={cfg.filter.threshold}); a tiny random "
+              "pipeline draws no people. Scores are in manifest.parquet, the images under dropped/")
     print(f"modality adapter: {s['adapter']['steps']} steps in {s['adapter']['seconds']}s "
           f"(loss {s['adapter']['loss_first']:.4f} -> {s['adapter']['loss_last']:.4f})")
     for mode in ("sysu_all", "sysu_indoor"):

@@ -131,6 +131,11 @@ class VIExpandConfig(StageConfig):
         for placeholder in ("{modality}", "{token}"):
             if placeholder not in self.prompt_template:
                 raise ConfigError(f"prompt_template {self.prompt_template!r} must contain {placeholder}")
+        try:
+            self.prompt_template.format(modality="infrared", token="<id-0001>")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"prompt_template {self.prompt_template!r}: only {{modality}} and {{token}} may be "
+                              f"filled in ({err!r})") from None
         if set(self.modality_words) != {"rgb", "ir"}:
             raise ConfigError("modality_words: expected a word for both 'rgb' and 'ir'")
         if self.filter.filters != ["reid_ctf"]:

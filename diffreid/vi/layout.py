@@ -56,9 +56,10 @@ def existing_ids(base: str | Path) -> dict[int, str]:
     for cam in CAMERAS:
         folder = base / f"cam{cam}"
         if folder.is_dir():
-            for entry in os.scandir(folder):
-                if entry.name.isdigit():
-                    seen.setdefault(int(entry.name), f"cam{cam}/{entry.name}")
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.isdigit():
+                        seen.setdefault(int(entry.name), f"cam{cam}/{entry.name}")
     return seen
 
 
@@ -146,9 +147,9 @@ class SysuExpansionWriter:
                 raise DatasetError(f"SYSU-MM01 camera folder not found: {src_cam} (expected cam1/ .. cam6/)")
             dst_cam = self.root / f"cam{cam}"
             dst_cam.mkdir(exist_ok=True)
-            for entry in sorted(os.scandir(src_cam), key=lambda e: e.name):
-                if not (entry.name.isdigit() and entry.is_dir()):
-                    continue
+            with os.scandir(src_cam) as entries:
+                pid_dirs = sorted((e for e in entries if e.name.isdigit() and e.is_dir()), key=lambda e: e.name)
+            for entry in pid_dirs:
                 dst = dst_cam / entry.name
                 if dst.is_symlink() or dst.exists():
                     if self.link_mode == "symlink" and not (dst.is_symlink() and dst.resolve() == Path(entry.path).resolve()):
