@@ -47,7 +47,6 @@ def test_pk_sampler_gives_p_ids_with_k_images_each():
     sampler = PKSampler(pids, p=3, k=3, seed=1)
     batches = list(sampler)
     assert len(batches) == len(sampler) == len(pids) // 9
-    seen = Counter()
     for batch in batches:
         assert len(batch) == 9
         counts = Counter(pids[i] for i in batch)
@@ -56,17 +55,13 @@ def test_pk_sampler_gives_p_ids_with_k_images_each():
             chunk = [i for i in batch if pids[i] == pid]
             if pids.count(pid) >= 3:
                 assert len(set(chunk)) == 3, "an identity with K images or more is sampled without replacement"
-        seen.update(counts)
     assert list(PKSampler(pids, p=3, k=3, seed=1)) == batches, "same seed and epoch -> same batches"
     sampler.set_epoch(1)
     assert list(sampler) != batches, "a new epoch reshuffles"
-    # over many epochs every identity is visited equally often
-    visits = Counter()
-    for epoch in range(30):
-        sampler.set_epoch(epoch)
-        for batch in sampler:
-            visits.update({pids[i] for i in batch})
-    assert max(visits.values()) - min(visits.values()) <= 2 * 3
+    # identities are visited in cycles: within an epoch visit counts differ by at most one
+    many = [pid for pid in range(10) for _ in range(12)]
+    visits = Counter(pid for batch in PKSampler(many, p=4, k=2, seed=0) for pid in {many[i] for i in batch})
+    assert sum(visits.values()) == 4 * len(many) // 8 and max(visits.values()) - min(visits.values()) <= 1
     with pytest.raises(ValueError, match="P=7"):
         PKSampler(pids, p=7, k=2)
 
@@ -216,8 +211,7 @@ def test_training_beats_random_init_on_the_toy_world(tmp_path):
     world = render_world(ToyWorldConfig(ids_train=24, ids_test=16, cams=4, height=64, width=32, seed=0),
                          tmp_path / "world", progress=False)
     dataset = load_dataset("market_layout", world)
-    cfg = ReIDTrainConfig.load(TOY_CONFIG, overrides=["epochs=12", "lr=1e-3", "warmup_epochs=1",
-                                                      "milestones=[9]"])
+    cfg = ReIDTrainConfig.load(TOY_CONFIG)
     torch.manual_seed(cfg.runtime.seed)
     num_ids = len({r.pid for r in dataset.train})
     before = evaluate_reid(build_reid_model(cfg.model, num_ids), dataset, cfg)

@@ -1,7 +1,7 @@
 """Feature extraction and Market-protocol evaluation of a Re-ID model."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Union
 
@@ -33,7 +33,7 @@ def load_rgb(item: ImageLike) -> Image.Image:
 
 
 @torch.no_grad()
-def extract_features(model: torch.nn.Module, images: Sequence[ImageLike], *, batch_size: int = 64,
+def extract_features(model: torch.nn.Module, images: Iterable[ImageLike], *, batch_size: int = 64,
                      device: str | torch.device | None = None, height: int | None = None,
                      width: int | None = None, flip: bool = False,
                      dtype: torch.dtype | None = None) -> np.ndarray:
@@ -46,6 +46,7 @@ def extract_features(model: torch.nn.Module, images: Sequence[ImageLike], *, bat
         if getattr(model, "input_size", None) is None:
             raise ValueError("extract_features: pass height and width (the model records no input size)")
         height, width = model.input_size
+    images = list(images)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device

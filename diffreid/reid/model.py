@@ -132,7 +132,10 @@ class ReIDModel(nn.Module):
         head = {"fc.weight", "fc.bias", "head.weight", "head.bias", "head.fc.weight", "head.fc.bias",
                 "classifier.weight", "classifier.bias"}
         state = {k: v for k, v in state.items() if k not in head}
-        missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = self.backbone.load_state_dict(state, strict=False)
+        except RuntimeError as err:  # shape mismatches
+            raise ValueError(f"backbone state does not fit {self.cfg.backbone!r}: {err}") from None
         if missing or unexpected:
             raise ValueError(f"backbone state does not fit {self.cfg.backbone!r}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -44,7 +44,8 @@ class PretrainConfig(StageConfig):
     mixup_alpha: float = Field(0.8, ge=0, description="DeiT-style Mixup strength (paper uses Mixup)")
     cutmix_alpha: float = Field(1.0, ge=0, description="DeiT-style CutMix strength (paper uses CutMix)")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="folded into the mixed targets")
-    randaugment: str | None = Field("rand-m9-mstd0.5-inc1", description="timm RandAugment policy (paper uses RandAugment)")
+    randaugment: str | None = Field("rand-m9-mstd0.5", description="timm RandAugment, DeiT strength (paper uses "
+                                     "RandAugment); not -inc1: its posterize reaches 0 bits at magnitude 10 and crashes")
     reprob: float = Field(0.25, ge=0, le=1, description="Random Erasing probability (paper uses Random Erasing)")
     crop_scale: tuple[float, float] = Field((0.5, 1.0), description="person crops lose identity below half the box")
     loader_workers: int = Field(4, ge=0, description="DataLoader processes per training worker")

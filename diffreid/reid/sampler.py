@@ -11,8 +11,8 @@ from torch.utils.data import Sampler
 class PKSampler(Sampler[list[int]]):
     """A batch sampler over ``pids`` (one label per dataset index).
 
-    Identities are visited in a shuffled order, P at a time (reshuffled when fewer than P are left), so each
-    identity appears equally often. Each identity's images are drawn from its own shuffled pool; one with
+    Identities are drawn, P distinct at a time, from a stream of shuffled cycles over all identities, so
+    within an epoch their visit counts differ by at most one. Each identity's images are drawn from its own shuffled pool; one with
     fewer than K images is sampled with replacement. One epoch = ``len(pids) // (P*K)`` batches (at least 1),
     seeded by ``seed + epoch`` (call :meth:`set_epoch`).
     """
@@ -40,9 +40,16 @@ class PKSampler(Sampler[list[int]]):
         pools: dict[int, list[int]] = {pid: [] for pid in pid_list}
         order: list[int] = []
         for _ in range(self.num_batches):
-            if len(order) < self.p:
-                order = [pid_list[i] for i in torch.randperm(len(pid_list), generator=gen).tolist()]
-            chosen, order = order[:self.p], order[self.p:]
+            if len(set(order)) < self.p:
+                order += [pid_list[i] for i in torch.randperm(len(pid_list), generator=gen).tolist()]
+            chosen = []
+            for pid in order:  # the first P distinct identities of the stream of shuffled cycles
+                if pid not in chosen:
+                    chosen.append(pid)
+                    if len(chosen) == self.p:
+                        break
+            for pid in chosen:
+                order.remove(pid)
             batch = []
             for pid in chosen:
                 batch += self._draw(pid, pools, gen)
