@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -8,6 +9,8 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 # A local ray.init() leaves ~/.ray/auth_token behind, which turns token auth on for later `ray start`s
 # while the test driver sends none; the test cluster is loopback-only, so auth stays off.
 os.environ["RAY_AUTH_MODE"] = "disabled"
+# `python` inside a submitted Ray job must be this venv's interpreter
+os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 import shutil

@@ -15,7 +15,7 @@ def run(args):
     from diffreid.reid.pretrain import PretrainConfig, pretrain_in_process
 
     cfg = PretrainConfig.load(args.config, overrides=args.set)
-    records = load_dataset("market_layout", args.data).train
+    records = load_dataset("market_layout", args.data, splits=("train",)).train
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / "config.yaml")

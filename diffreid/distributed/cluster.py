@@ -11,6 +11,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # Ray's single-machine mode binds every port to 127.0.0.1 instead of the machine's network address;
         # it is read when ray is imported, so it is set before the import.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # a loopback-only cluster needs no token; Ray 2.60 would otherwise turn token auth on for later
+        # `ray start`s once this writes ~/.ray/auth_token, locking out drivers that send none
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     if ray.is_initialized():
