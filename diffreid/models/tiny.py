@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from diffreid.io import atomic_write_json
+from diffreid.io import atomic_dir, atomic_write_json
 
 TINY_CONFIG = {
     # latent 4 x 32 x 16 for a 64 x 32 image: the VAE has 2 blocks, so it downsamples by 2
@@ -153,9 +152,7 @@ def build_tiny_pipeline(out_dir, *, seed: int = 0, sample_height: int = 64, samp
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} exists and is not a complete diffusers pipeline folder; "
                          "remove it or choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         tokenizer = build_tokenizer(tmp / "_tokenizer_src")
         pipe = StableDiffusionPipeline(**build_components(tokenizer, seed=seed, sample_height=sample_height,
                                                           sample_width=sample_width),
@@ -164,10 +161,4 @@ def build_tiny_pipeline(out_dir, *, seed: int = 0, sample_height: int = 64, samp
         shutil.rmtree(tmp / "_tokenizer_src")
         pipe.save_pretrained(tmp, safe_serialization=True)
         atomic_write_json(tmp / BUILD_RECORD, record)
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
