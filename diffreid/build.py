@@ -313,6 +313,24 @@ class IdentityGenerator:
         return GeneratedBatch([g.image for g in generated], records, rel, prompt, time.time() - t0)
 
 
+    def generate_many(self, jobs: list[IdentityJob], adapter_name: str | None = None) -> list[GeneratedBatch]:
+        """shared_lora_ti: one sampling run over several identities whose batches mix them."""
+        from diffreid.generation.sampler import sample_mixed
+
+        t0 = time.time()
+        name = adapter_name or self.ensure_loaded(jobs[0], self.train_adapter(jobs[0]))
+        prompts = {j.pid: identity_prompt(self.cfg, self.plan.captions[j.pid], j.pid) for j in jobs}
+        generated = sample_mixed(self.pipe, list(prompts.items()), self.cfg.sampler, adapter=name)
+        rel = str(self.adapter_dir(jobs[0]).relative_to(self.plan.out))
+        seconds = (time.time() - t0) / len(jobs)
+        batches = []
+        for job in jobs:
+            mine = [g for g in generated if g.record["pid"] == job.pid]
+            records = [{**g.record, "adapter": rel, "base_model": self.plan.base_model_path} for g in mine]
+            batches.append(GeneratedBatch([g.image for g in mine], records, rel, prompts[job.pid], seconds))
+        return batches
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 3. score (Re-ID model + FAISS gallery per source, built once)
 # ----------------------------------------------------------------------------------------------------------
@@ -377,11 +395,15 @@ def build_diff_person(cfg: BuildConfig, out_dir: str | Path, progress: bool = Tr
         if cfg.adapter.mode == "shared_lora_ti":
             generator.train_shared()
         scorer = IdentityScorer(cfg, plan)
-        with open_writer(cfg, plan) as writer:
-            for job in tqdm(todo, desc="identities", disable=not progress):
-                batch = generator.generate(job)
-                scores, kept = scorer.score(job.source, job.source_pid, batch.images)
-                write_identity(writer, job, batch, scores, kept)
+        shared = cfg.adapter.mode == "shared_lora_ti"
+        groups = [todo[i:i + 4] for i in range(0, len(todo), 4)] if shared else [[job] for job in todo]
+        with open_writer(cfg, plan) as writer, tqdm(total=len(todo), desc="identities", disable=not progress) as bar:
+            for group in groups:
+                batches = generator.generate_many(group) if shared else [generator.generate(group[0])]
+                for job, batch in zip(group, batches):
+                    scores, kept = scorer.score(job.source, job.source_pid, batch.images)
+                    write_identity(writer, job, batch, scores, kept)
+                    bar.update(1)
     timings["total_s"] = time.time() - t0
     timings["identities_generated"] = len(todo)
     return finish_build(cfg, plan, timings)

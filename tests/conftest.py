@@ -13,7 +13,6 @@ os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,24 +28,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_port(port: int, deadline: float) -> None:
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory):
-    """A real local Ray cluster (`ray start --head`) bound to 127.0.0.1, shared by the session's Ray tests."""
+    """A real local Ray cluster (`ray start --head --block`) bound to 127.0.0.1, shared by the session's Ray
+    tests, and stopped by signalling its own process group only (other clusters on the machine live on)."""
+    import signal
+
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port, dash = free_port(), free_port()
-    env = dict(os.environ)
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, timeout=180)
-    info = {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
+    proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield info
+        deadline = time.time() + 180
+        wait_for_port(port, deadline)
+        wait_for_port(dash, deadline)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
         import ray
 
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
 
 
 @pytest.fixture()

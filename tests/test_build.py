@@ -80,3 +80,18 @@ def test_unknown_source_pid_is_a_config_error(source, tmp_path):
     root, *_ = source
     with pytest.raises(ConfigError, match="not train identities"):
         build_diff_person(make_cfg(root, [9999], 1), tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_shared_lora_ti_build_trains_once_and_samples_every_identity(source, tmp_path):
+    root, fewest, others, counts = source
+    cfg = make_cfg(root, others, 1, "adapter.mode=shared_lora_ti", "adapter.steps=2", "filter.threshold=0")
+    with pytest.warns(UserWarning, match="corrupt"):
+        build_diff_person(cfg, tmp_path, progress=False)
+    df = pd.read_parquet(tmp_path / "manifest.parquet")
+    assert sorted(df.source_pid.unique()) == sorted(others) and (df.groupby("pid").size() == 4).all()
+    assert set(df.adapter) == {"adapters/shared"}
+    shared = tmp_path / "adapters" / "shared"
+    assert (shared / "token_embeddings.safetensors").is_file() and (shared / "tokens.json").is_file()
+    assert not [p for p in (tmp_path / "adapters").iterdir() if p.name != "shared"]
+    assert all("<id-" in p for p in df.prompt) and verify(tmp_path).ok

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import gc
 import json
-import time
 import weakref
 from collections import OrderedDict
 from typing import Any
@@ -117,22 +116,7 @@ class GeneratorActor:
         return self._generate_mixed([self.jobs[pid] for pid in pids])
 
     def _generate_mixed(self, jobs: list[IdentityJob]) -> list[GeneratedBatch]:
-        from diffreid.build import identity_prompt
-        from diffreid.generation.sampler import sample_mixed
-
-        t0 = time.time()
-        name = self._use(jobs[0])
-        plan = self.generator.plan
-        prompts = {j.pid: identity_prompt(self.cfg, plan.captions[j.pid], j.pid) for j in jobs}
-        images = sample_mixed(self.generator.pipe, list(prompts.items()), self.cfg.sampler, adapter=name)
-        folder = str(self.generator.adapter_dir(jobs[0]).relative_to(plan.out))
-        seconds = (time.time() - t0) / len(jobs)
-        out = []
-        for job in jobs:
-            mine = [g for g in images if g.record["pid"] == job.pid]
-            records = [{**g.record, "adapter": folder, "base_model": plan.base_model_path} for g in mine]
-            out.append(GeneratedBatch([g.image for g in mine], records, folder, prompts[job.pid], seconds))
-        return out
+        return self.generator.generate_many(jobs, adapter_name=self._use(jobs[0]))
 
     def stats(self) -> dict[str, Any]:
         """Resident adapters (LRU order), adapter loads so far, LoRA tensors in the modules, and how many
