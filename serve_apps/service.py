@@ -391,13 +391,20 @@ def load_base(settings: ServeSettings, assets: Assets):
 # ----------------------------------------------------------------------------------------------------------
 # 5. the job worker: caption -> reference set -> adapter -> sample -> filter -> write
 # ----------------------------------------------------------------------------------------------------------
-class JobRunner:
+class _PipelineHolder:
+    """The state a job runner and a sampler share: store, assets, one resident base pipeline, the filter."""
+
     def __init__(self, settings: ServeSettings, assets: Assets | None = None, pipe=None):
         self.settings = settings
         self.registry = Registry(Store(settings.storage, settings.scratch_dir))
         self.assets = assets or prepare_assets(settings)
         self.pipe = pipe if pipe is not None else load_base(settings, self.assets)
         self.filter = UploadFilter(settings, self.assets)
+
+
+class JobRunner(_PipelineHolder):
+    def __init__(self, settings: ServeSettings, assets: Assets | None = None, pipe=None):
+        super().__init__(settings, assets, pipe)
         self.wake = threading.Event()
 
     def claim(self, ident: str) -> dict | None:
@@ -509,15 +516,11 @@ def encode_png(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-class IdentitySampler:
+class IdentitySampler(_PipelineHolder):
     """Holds one base pipeline; loads identities' adapters into it and samples + filters more images."""
 
     def __init__(self, settings: ServeSettings, assets: Assets | None = None, pipe=None):
-        self.settings = settings
-        self.registry = Registry(Store(settings.storage, settings.scratch_dir))
-        self.assets = assets or prepare_assets(settings)
-        self.pipe = pipe if pipe is not None else load_base(settings, self.assets)
-        self.filter = UploadFilter(settings, self.assets)
+        super().__init__(settings, assets, pipe)
         self.loads: Counter[str] = Counter()
         self.evictions = 0
         self.lock = threading.RLock()  # the pipeline is used by one call at a time
