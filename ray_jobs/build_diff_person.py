@@ -4,16 +4,14 @@
 """
 from __future__ import annotations
 
-import argparse
+
+from ray_jobs._common import job_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.build_diff_person", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="BuildConfig YAML, optionally with a `ray:` section")
-    p.add_argument("--out", default="outputs/diff-person",
-                   help="output folder; on a multi-node cluster a path every node sees")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, set by `ray job submit`)")
+    p = job_parser("build_diff_person", __doc__, "BuildConfig YAML, optionally with a `ray:` section",
+                   "outputs/diff-person",
+                   "output folder; on a multi-node cluster a path every node sees")
     args = p.parse_args(argv)
 
     from diffreid.distributed.build import RayBuildJobConfig, build_diff_person_ray

@@ -7,7 +7,6 @@ function as ``diffreid vi-expand``; a retried task continues from the committed 
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 
@@ -16,14 +15,13 @@ def expand_task(config: dict, out: str) -> dict:
 
     return expand_vi(VIExpandConfig.model_validate(config), out).summary
 
+from ray_jobs._common import job_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.expand_vi", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="VIExpandConfig YAML (its `ray:` section sizes the task)")
-    p.add_argument("--out", default="outputs/vi-expanded",
-                   help="output folder; on a multi-node cluster a path every node sees")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, set by `ray job submit`)")
+    p = job_parser("expand_vi", __doc__, "VIExpandConfig YAML (its `ray:` section sizes the task)",
+                   "outputs/vi-expanded",
+                   "output folder; on a multi-node cluster a path every node sees")
     args = p.parse_args(argv)
 
     import os

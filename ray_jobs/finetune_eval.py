@@ -4,17 +4,16 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from ray_jobs._common import job_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.finetune_eval", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="FinetuneEvalConfig YAML")
-    p.add_argument("--out", default="outputs/finetune", help="writes results.csv/.md/.png and results_runs.csv")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p = job_parser("finetune_eval", __doc__, "FinetuneEvalConfig YAML",
+                   "outputs/finetune",
+                   "writes results.csv/.md/.png and results_runs.csv")
     p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per fine-tune task (0 on CPU clusters)")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, set by `ray job submit`)")
     args = p.parse_args(argv)
 
     from diffreid.distributed.cluster import init_ray

@@ -4,17 +4,16 @@
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from ray_jobs._common import job_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.pretrain_backbone", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="PretrainConfig YAML (its `ray:` section sizes Ray Train)")
+    p = job_parser("pretrain_backbone", __doc__, "PretrainConfig YAML (its `ray:` section sizes Ray Train)",
+                   "outputs/pretrain",
+                   "writes OUT/backbone.safetensors and OUT/recipe.json")
     p.add_argument("--data", required=True, help="Diff-Person or any Market-layout folder (its train split)")
-    p.add_argument("--out", default="outputs/pretrain", help="writes OUT/backbone.safetensors and OUT/recipe.json")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, set by `ray job submit`)")
     args = p.parse_args(argv)
 
     from diffreid.data import load_dataset

@@ -8,7 +8,6 @@ backbone just pre-trained) beside the inits of its own config.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pydantic import Field
@@ -51,14 +50,14 @@ def stage_data(cfg_path: Path, run: RunAllConfig, stage: str, overrides: list[st
             set_dotted(data, rest, yaml.safe_load(raw))
     return data
 
+from ray_jobs._common import job_parser
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ray_jobs.run_all", description=__doc__.splitlines()[0])
-    p.add_argument("--config", required=True, help="RunAllConfig YAML naming the three stage configs")
-    p.add_argument("--out", default="outputs/run-all", help="OUT/diff-person, OUT/pretrain, OUT/finetune")
-    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                   help="override a stage's field, e.g. pretrain.epochs=2")
-    p.add_argument("--address", help="Ray address (default: RAY_ADDRESS, set by `ray job submit`)")
+    p = job_parser("run_all", __doc__, "RunAllConfig YAML naming the three stage configs",
+                   "outputs/run-all",
+                   "OUT/diff-person, OUT/pretrain, OUT/finetune", set_metavar="STAGE.KEY=VALUE",
+                   set_help="override a stage's field, e.g. pretrain.epochs=2")
     args = p.parse_args(argv)
 
     from diffreid.config import format_validation_error
