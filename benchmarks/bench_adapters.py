@@ -11,9 +11,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+import sys
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _headline import headline  # noqa: E402
 
 
 def timed(fn, repeat: int = 1) -> float:
@@ -73,6 +77,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for mode, steps, sec, size in rows:
         print(f"| {mode} | {steps} | {sec:.2f} | {size / 1024:.1f} KiB |")
+        headline(f"adapter storage per identity, {mode} (tiny model)", round(size / 1024, 1), "KiB")
 
     # 2. switching adapters on a resident pipeline vs loading a fresh pipeline
     for i, d in enumerate(dirs["lora"][:2]):
@@ -86,11 +91,13 @@ def main() -> None:
     for kind, (a, b) in flips.items():
         ms = timed(lambda: (activate(pipe, a), activate(pipe, b)), repeat=20) / 2 * 1e3
         print(f"| activate a resident {kind} adapter | {ms:.2f} |")
+        headline(f"adapter switch, resident {kind}", round(ms, 2), "ms")
     deactivate(pipe)
     names = iter(range(10 ** 6))
     ms = timed(lambda: load_identity_adapter(pipe, dirs["lora"][2 % len(dirs["lora"])], f"tmp{next(names)}"),
                repeat=5) * 1e3
     print(f"| load a LoRA file into the resident pipeline | {ms:.1f} |")
+    headline("adapter switch, load a LoRA file", round(ms, 1), "ms")
     ms = timed(lambda: load_identity_adapter(pipe, dirs["dreambooth"][-1], f"tmp{next(names)}"), repeat=3) * 1e3
     print(f"| load a DreamBooth UNet into the resident pipeline | {ms:.1f} |")
     ms = timed(lambda: StableDiffusionPipeline.from_pretrained(tiny, safety_checker=None,

@@ -10,6 +10,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _headline import headline  # noqa: E402
+
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,6 +67,7 @@ def main() -> None:
     print("| what | images/s |\n|---|---:|")
     for name, ips in rows:
         print(f"| {name} | {ips:.1f} |")
+        headline(f"pre-training throughput, {name}", round(ips, 1), "images/s")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
+import sys
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _headline import headline  # noqa: E402
+
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -121,6 +126,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, threads, wall, start, steady, kept in results:
         print(f"| {name} | {threads} | {wall:.1f} | {start:.1f} | {n_images / wall:.0f} | {steady:.0f} | {kept} |")
+        headline(f"Re-ID scoring, {name}", round(n_images / wall), "images/s (wall)")
     print("\nstart-up: the loop's scorer construction; the pool's time to its first scored identity (actors "
           "start, load the Re-ID model and FAISS gallery, score one identity).")
 

@@ -11,12 +11,18 @@ import io
 import os
 import socket
 import tempfile
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on loopback
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _headline import headline  # noqa: E402
+
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,6 +108,7 @@ def main() -> None:
         reloads = "-" if calls is None else f"{sum(loaded for _, loaded in calls)}/{len(calls)}"
         ms = [1000 * s for s in secs]
         print(f"| {name} | {len(ms)} | {percentile(ms, 50):.0f} | {percentile(ms, 95):.0f} | {reloads} |")
+        headline(f"Serve latency, {name}", round(percentile(ms, 50)), "ms p50", f"p95 {percentile(ms, 95):.0f} ms")
     serve.shutdown()
 
 

@@ -9,10 +9,15 @@ import argparse
 import io
 import os
 import time
+from pathlib import Path
+import sys
 
 import numpy as np
 
 from diffreid.data.toyworld import make_camera, render_person, sample_identity
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _headline import headline  # noqa: E402
 
 
 def bench(height: int, width: int, modality: str, n: int, encode: bool) -> tuple[float, float]:
@@ -47,6 +52,7 @@ def main() -> None:
     print("|---|---|---:|---:|")
     for size, modality, render, full in rows:
         print(f"| {size} | {modality} | {render[0]:,.0f} ({render[1]:,.0f}) | {full[0]:,.0f} ({full[1]:,.0f}) |")
+        headline(f"toy world render + JPEG, {size} {modality}", round(full[0]), "images/CPU-s")
 
 
 if __name__ == "__main__":

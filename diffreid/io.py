@@ -30,8 +30,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``path``; it becomes ``path`` (absent or empty) only if the block succeeds."""
+def atomic_dir(path: str | Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; it becomes ``path`` only if the block succeeds. ``path`` must be
+    absent or empty, unless ``replace``: then the old folder is swapped out and deleted."""
     import shutil
 
     target = Path(path)
@@ -39,6 +40,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        if target.exists() and replace:
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            target.rename(old / target.name)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+            return
         if target.exists():
             target.rmdir()
         tmp.rename(target)

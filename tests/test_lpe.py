@@ -91,8 +91,8 @@ def test_lpe_config_validates_and_builds_captioners():
         LPEConfig.load(overrides=["reference_template='{token} {caption}'"])
     with pytest.raises(ConfigError, match="model_path"):
         LPEConfig.load(overrides=["captioner=blip2"])
-    with pytest.raises(ConfigError, match="toy"):
-        build_captioner(LPEConfig(captioner="toy"))
+    with pytest.raises(ConfigError, match="diffreid:toy-captioner"):
+        build_captioner(LPEConfig(captioner="toy", model_path="diffreid:no-such-model"))
 
 
 def test_caption_cache_is_reused_per_identity(tmp_path):

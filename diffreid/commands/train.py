@@ -20,7 +20,6 @@ def run(args):
     from pathlib import Path
 
     from diffreid.data import load_dataset
-    from diffreid.demo import format_table
     from diffreid.io import atomic_write_json
     from diffreid.reid.model import build_reid_model
     from diffreid.reid.train import ReIDTrainConfig, evaluate_reid, train_reid
@@ -47,3 +46,11 @@ def run(args):
     print(format_table(rows))
     print(f"training took {train_seconds:.1f}s; model saved in {out}")
     return 0
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    cols = ["mAP", "Rank-1", "Rank-5", "mINP"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * metrics[c]:.1f}" for c in cols) + " |")
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,19 +35,24 @@ def _kv_table(items: Mapping[str, Any]) -> str:
 
 
 def _img(path: Path, base: Path, alt: str) -> str:
-    rel = path.relative_to(base).as_posix()
+    rel = Path(os.path.relpath(path, base)).as_posix()
     return f'<img src="{html.escape(rel)}" alt="{html.escape(alt)}">'
 
 
 def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None,
                  skipped_identities: list[dict] | None = None, max_identities: int = 8,
-                 title: str = "Diff-Person report") -> Path:
-    """Write ``root/report.html`` with the summary, identity-distribution curve, score histograms, sample
+                 title: str = "Diff-Person report", out: str | Path | None = None,
+                 lead_tables: Mapping[str, Any] | None = None, lead_images: Mapping[str, Path] | None = None,
+                 notes: list[str] | None = None) -> Path:
+    """Write ``out`` (default ``root/report.html``) with ``lead_tables``/``lead_images``/``notes`` first (e.g. the
+    study's results), then the summary, identity-distribution curve, score histograms, sample
     grids, verify result, skipped identities (passed here and/or recorded by the writer) and ``extra_tables``
     (heading → DataFrame, e.g. the fine-tune results). All text is HTML-escaped."""
     import pandas as pd
 
     root = Path(root)
+    out = Path(out) if out is not None else root / "report.html"
+    page_dir = out.parent
     plots = write_plots(root, root / "report", max_identities=max_identities)
     s = plots["stats"]
     check = verify(root, checksums=False)
@@ -57,8 +63,14 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
 
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="note">{html.escape(str(root.resolve()))} · written '
-             f"{html.escape(dt.datetime.now().isoformat(timespec='seconds'))}</p>",
-             "<h2>Summary</h2>",
+             f"{html.escape(dt.datetime.now().isoformat(timespec='seconds'))}</p>"]
+    parts += [f'<p>{html.escape(n)}</p>' for n in notes or []]
+    for heading, df in (lead_tables or {}).items():
+        table = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)
+        parts += [f"<h2>{html.escape(str(heading))}</h2>", _table(table)]
+    for heading, path in (lead_images or {}).items():
+        parts += [f"<h2>{html.escape(str(heading))}</h2>", _img(Path(path), page_dir, str(heading))]
+    parts += ["<h2>Diff-Person summary</h2>",
              _kv_table({"images (kept)": s["images"], "identities": s["identities"], "generated": s["generated"],
                         "dropped by filter": s["dropped"], "copied source images": s["source_copied"],
                         "identities in the pid map": check.counts.get("mapped_identities", 0),
@@ -80,15 +92,15 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
 
     parts += ["<h2>Identity distribution</h2>",
               '<p class="note">A point (X, Y): Y% of identities have fewer than X images (paper Fig. 5).</p>',
-              _img(plots["identity_distribution"], root, "identity distribution")]
+              _img(plots["identity_distribution"], page_dir, "identity distribution")]
     if plots["histograms"]:
         parts.append("<h2>Filter score histograms</h2>")
-        parts += [_img(p, root, p.stem) for p in plots["histograms"]]
+        parts += [_img(p, page_dir, p.stem) for p in plots["histograms"]]
     if plots["grids"]:
         parts += ["<h2>Samples</h2>",
                   f'<p class="note">Rows: source images, kept generated images, dropped generated images (highest '
                   f"scores first). First {len(plots['grids'])} identities.</p>"]
-        parts += [_img(p, root, p.stem) for p in plots["grids"]]
+        parts += [_img(p, page_dir, p.stem) for p in plots["grids"]]
     parts.append("<h2>Skipped identities</h2>")
     if skipped:
         table = pd.DataFrame(skipped)
@@ -103,6 +115,5 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
     page = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(parts) + "\n</body></html>\n")
-    out = root / "report.html"
     atomic_write_text(out, page)
     return out

@@ -26,8 +26,9 @@ SAFE_ID = re.compile(r"^[\w.-]+$")
 
 class LPEConfig(StageConfig):
     captioner: Literal["template", "blip2", "toy"] = Field(
-        "template", description="template needs no weights; blip2 is the paper's choice when weights exist")
-    model_path: str = Field("", description="BLIP-2 folder or hub id (captioner=blip2)")
+        "template", description="template needs no weights; blip2 is the paper's choice when weights exist; "
+                                "toy reads the toy world's attributes from pixels")
+    model_path: str = Field("", description="BLIP-2 folder or hub id (blip2); toy: default diffreid:toy-captioner")
     template_caption: str = Field("a person walking", description="what the template captioner says")
     question: str = Field(PERSON_QUESTION, description="steers BLIP-2 to clothing, carried items and action")
     max_new_tokens: int = Field(40, gt=0, description="a BLIP-2 answer of a sentence or two")
@@ -37,6 +38,8 @@ class LPEConfig(StageConfig):
                                    description="identity prompt: the IIR token beside the class word")
     reference_template: str = Field("a photo of person, {caption}",
                                     description="the same prompt without the token, for the reference set")
+    use_identity_token: bool = Field(True, description="false = ablation: the identity prompt is the reference "
+                                     "prompt (no IIR token), so an adapter must bind the identity to the caption alone")
     max_images: int = Field(8, gt=0, description="images captioned per sequence: enough to vote, cheap on CPU")
     max_phrases: int = Field(6, gt=0, description="phrases kept in the merged caption (CLIP reads 77 tokens)")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="device, dtype, seed")
@@ -69,8 +72,14 @@ def build_captioner(cfg: LPEConfig) -> Captioner:
     if cfg.captioner == "blip2":
         return Blip2Captioner(cfg.model_path, cfg.runtime, prompt=cfg.question, max_new_tokens=cfg.max_new_tokens,
                               batch_size=cfg.caption_batch_size)
-    raise ConfigError("lpe.captioner 'toy' (the pixel-attribute captioner of the toy world) is not available "
-                      "yet; use 'template' or 'blip2'")
+    from diffreid.generation.toy_captioner import ToyCaptioner
+    from diffreid.models.assets import resolve_model_path
+
+    try:
+        return ToyCaptioner(resolve_model_path(cfg.model_path or "diffreid:toy-captioner"), cfg.runtime,
+                            batch_size=max(cfg.caption_batch_size, 64))
+    except FileNotFoundError as err:
+        raise ConfigError(f"lpe.model_path: {err}") from None
 
 
 def phrase_key(phrase: str) -> str:
@@ -125,7 +134,11 @@ def make_identity_prompts(caption: str, token: str = "sks", template: str = "a p
 
 
 def prompts_from_config(caption: str, cfg: LPEConfig, token: str | None = None) -> IdentityPrompts:
-    return make_identity_prompts(caption, token or cfg.token, cfg.identity_template, cfg.reference_template)
+    prompts = make_identity_prompts(caption, token or cfg.token, cfg.identity_template, cfg.reference_template)
+    if not cfg.use_identity_token:
+        return IdentityPrompts(identity=prompts.reference, reference=prompts.reference, token="",
+                               caption=prompts.caption)
+    return prompts
 
 
 def sequence_images(sequences: dict, max_images: int) -> list:

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from diffreid.config import RuntimeConfig, StageConfig
+from diffreid.models.assets import resolve_model_path
 
 SchedulerName = Literal["ddim", "ddpm", "dpm++", "euler"]
 SCHEDULERS = {
@@ -31,7 +32,8 @@ def offline_env() -> bool:
 
 
 class PipelineConfig(StageConfig):
-    path: str = Field("", description="local diffusers folder or hub id; no default model is downloaded")
+    path: str = Field("", description="local diffusers folder, hub id, or diffreid:toy-base (shipped); "
+                                       "no default model is downloaded")
     local_files_only: bool = Field(False, description="never reach the hub; HF_HUB_OFFLINE=1 forces it too")
     scheduler: SchedulerName = Field("ddim", description="DDIM: deterministic, good in few steps")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="device, dtype, seed")
@@ -69,7 +71,10 @@ def load_pipeline(cfg: PipelineConfig):
         raise PipelineLoadError("pipeline.path is empty: give a local diffusers folder or a hub id "
                                 "(`diffreid models tiny --out DIR` makes a tiny offline one)")
     device, dtype = cfg.runtime.torch_device(), cfg.runtime.torch_dtype()
-    folder = Path(cfg.path).expanduser()
+    try:
+        folder = Path(resolve_model_path(cfg.path)).expanduser()
+    except FileNotFoundError as err:
+        raise PipelineLoadError(str(err)) from None
     offline = cfg.local_files_only or offline_env()
     if folder.is_dir():
         check_pipeline_folder(folder)

@@ -1,0 +1,103 @@
+"""The shipped toy models (base text-to-image pipeline, pixel captioner) and the script that trains them."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffreid.config import ConfigError
+from diffreid.data.toyworld import ToyWorldConfig, describe, render_identity_images, sample_identity, world_identities
+from diffreid.generation.prompts import LPEConfig, build_captioner
+from diffreid.generation.toy_captioner import ToyCaptioner, caption_from_attributes
+from diffreid.models.assets import ASSETS, resolve_model_path
+from diffreid.models.pipeline import PipelineConfig, PipelineLoadError, load_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_models_are_small_safetensors():
+    files = [p for p in ASSETS.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 30 * 2**20
+    weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
+    assert weights and all(p.suffix == ".safetensors" for p in weights)
+    assert Path(resolve_model_path("diffreid:toy-base")).joinpath("model_index.json").is_file()
+    with pytest.raises(FileNotFoundError, match="diffreid:toy-base"):
+        resolve_model_path("diffreid:nope")
+    assert resolve_model_path("org/model") == "org/model"
+    with pytest.raises(PipelineLoadError, match="diffreid ships"):
+        load_pipeline(PipelineConfig(path="diffreid:nope"))
+
+
+def test_toy_captioner_reads_clothing_of_unseen_identities():
+    """Evaluation identities (pids 1..60 of the default world) were never in the captioner's pool."""
+    cap = build_captioner(LPEConfig(captioner="toy"))
+    assert isinstance(cap, ToyCaptioner)
+    people = [ident for ident, _ in world_identities(ToyWorldConfig(ids_train=60, ids_test=1))][:60]
+    images, truth = [], []
+    for ident in people:
+        images += render_identity_images(ident, 2, np.random.default_rng(ident.pid), 128, 64)  # 128x64: resized
+        truth += [ident, ident]
+    preds = cap.predict(images)
+    upper = np.mean([p["upper_colour"] == t.upper_colour for p, t in zip(preds, truth)])
+    lower = np.mean([p["lower_colour"] == t.lower_colour for p, t in zip(preds, truth)])
+    assert upper > 0.6 and lower > 0.6, (upper, lower)  # chance is ~1/12 per colour
+    captions = cap.caption(images[:2])
+    assert all(c.startswith("a person with") and "seen from" not in c for c in captions)
+
+
+def test_caption_from_attributes_matches_describe():
+    ident = sample_identity(np.random.default_rng(3), 7)
+    attrs = {k: getattr(ident, k) for k in ("upper_colour", "upper_pattern", "sleeve", "lower_colour", "lower_type",
+                                            "shoes_colour", "bag_type", "bag_colour", "hair_colour", "hair_length")}
+    assert caption_from_attributes({**attrs, "view": "back"}) == describe(ident, "back")
+
+
+def test_toy_base_follows_the_prompted_shirt_colour():
+    pipe = load_pipeline(PipelineConfig(path="diffreid:toy-base"))
+    cap = ToyCaptioner(resolve_model_path("diffreid:toy-captioner"))
+    import torch
+
+    hits = n = 0
+    for colour in ("red", "yellow", "blue"):
+        prompt = f"a photo of person, a person with short black hair wearing a {colour} shirt, black trousers"
+        images = pipe([prompt] * 4, num_inference_steps=20, guidance_scale=4.0, height=64, width=32,
+                      generator=[torch.Generator().manual_seed(k) for k in range(4)]).images
+        assert images[0].size == (32, 64)
+        hits += sum(p["upper_colour"] == colour for p in cap.predict(images))
+        n += 4
+    assert hits / n >= 0.5, f"{hits}/{n} shirts in the prompted colour"
+
+
+def test_toy_captioner_folder_errors(tmp_path):
+    with pytest.raises(ValueError, match="config.json and model.safetensors"):
+        ToyCaptioner(tmp_path)
+    with pytest.raises(ConfigError, match="lpe.model_path"):
+        build_captioner(LPEConfig(captioner="toy", model_path="diffreid:missing"))
+
+
+@pytest.mark.slow
+def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
+    out, work = tmp_path / "assets", tmp_path / "work"
+    common = [sys.executable, "-m", "ray_jobs.train_toy_base", "--out", str(out), "--work", str(work),
+              "--set", "base.pool.ids=6", "--set", "base.pool.images_per_id=4", "--set", "base.vae_steps=2",
+              "--set", "base.unet_batch=4", "--set", "base.vae_batch=4", "--set", "base.sample_steps=1",
+              "--set", "base.checkpoint_every=2", "--set", "base.sample_every=100", "--set", "captioner.steps=2",
+              "--set", "captioner.batch=8", "--set", "base.threads=1"]
+    done = subprocess.run(common + ["--set", "base.unet_steps=2"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    pipe = load_pipeline(PipelineConfig(path=str(out / "toy-base")))
+    assert pipe.unet.config.sample_size == [32, 16] or tuple(pipe.unet.config.sample_size) == (32, 16)
+    assert (out / "toy-captioner" / "model.safetensors").is_file()
+    assert (out / "toy-base" / "samples.png").is_file()
+    log = [json.loads(line) for line in (work / "base" / "log.jsonl").read_text().splitlines()]
+    assert {"vae", "unet"} <= {row["stage"] for row in log}
+    # a longer run continues from the step-2 checkpoint instead of starting again
+    done = subprocess.run(common + ["--part", "base", "--set", "base.unet_steps=4"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    unet_steps = [row["step"] for row in (json.loads(x) for x in (work / "base" / "log.jsonl").read_text().splitlines())
+                  if row["stage"] == "unet"]
+    assert unet_steps.count(0) == 1, "the resumed run did not repeat step 0"
