@@ -9,7 +9,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # local Ray clusters bind to 127.0.0.1 only
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo demo-quick test bench install clean
+.PHONY: demo demo-quick test bench reproduce toy-models install clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# the miniature reproduction of the paper's Tables 2-3 (about an hour on 2 cores): outputs/reproduce/RESULTS.md
+reproduce: $(STAMP)
+	$(BIN)/python -m ray_jobs.reproduce --config configs/toy-reproduce.yaml --out outputs/reproduce
+
+# re-train the shipped toy models into diffreid/assets (about an hour on 2 cores; seeded)
+toy-models: $(STAMP)
+	$(BIN)/python -m ray_jobs.train_toy_base
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

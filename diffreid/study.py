@@ -162,12 +162,23 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         sizes[name] = {"images": len(records), "identities": len({r.pid for r in records})}
     atomic_write_json(out / "pretrain_sets.json", sizes)
 
+    def finetune(name, ft_cfg):
+        """Fine-tune runs of one table; reused when the same config already finished in OUT."""
+        folder = out / "finetune" / name
+        stamp, runs = folder / "finetune_config.json", folder / "results_runs.csv"
+        want = ft_cfg.model_dump(mode="json")
+        if runs.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want:
+            return pd.read_csv(runs)
+        df = timed(f"fine-tune {name}", lambda: finetune_runner(ft_cfg, folder))
+        atomic_write_json(stamp, want)
+        return df
+
     # 4. fine-tune on T
     target_ref = {"name": "market_layout", "root": str(target)}
     main = ["real S", "real S + Diff-Person"]
     main_cfg = FinetuneEvalConfig.model_validate({**cfg.finetune, "target": target_ref,
                                                   "inits": {"random": None, **{k: backbones[k] for k in main}}})
-    frames = [timed("fine-tune main", lambda: finetune_runner(main_cfg, out / "finetune" / "main"))]
+    frames = [finetune("main", main_cfg)]
     ablations = {k: v for k, v in backbones.items() if k not in main}
     if ablations:
         data = copy.deepcopy(cfg.finetune)
@@ -175,7 +186,7 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         abl_cfg = FinetuneEvalConfig.model_validate({**data, "target": target_ref,
                                                      "inits": {"real S + Diff-Person": backbones["real S + Diff-Person"],
                                                                **ablations}})
-        frames.append(timed("fine-tune ablations", lambda: finetune_runner(abl_cfg, out / "finetune" / "ablations")))
+        frames.append(finetune("ablations", abl_cfg))
 
     # 5. filter agreement with ground truth
     agreement = {}

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
 PACKAGES = ("diffreid", "ray_jobs", "serve_apps", "configs")
-JOBS = ("build_diff_person", "pretrain_backbone", "finetune_eval", "run_all")
+JOBS = ("build_diff_person", "pretrain_backbone", "finetune_eval", "run_all", "reproduce", "expand_vi", "train_toy_base")
 
 
 def load(path: Path) -> dict:

@@ -386,6 +386,7 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None) -
             "config": cfg.model_dump(mode="json"), "scaling_factor": scaling,
             "train_seconds": {"vae": round(vae_s, 1), "unet": round(unet_s, 1)}, "pool_images": int(len(images))})
     rows = sample_grid(pipe, work / "samples-final.png", steps=cfg.sample_steps)
+    plot_losses(log_path, work / "loss.png")
     shutil.copy(work / "samples-final.png", out / "samples.png")
     result = {"vae_seconds": vae_s, "unet_seconds": unet_s, "scaling_factor": scaling, "out": str(out)}
     if captioner is not None:
@@ -403,3 +404,29 @@ def prompt_following(captioner, rows) -> dict:
             lower_ok += attrs["lower_colour"] == lower
             n += 1
     return {"upper_colour": upper_ok / n, "lower_colour": lower_ok / n, "images": n}
+
+
+def plot_losses(log_path: Path, out: Path) -> Path:
+    """VAE reconstruction MSE and UNet noise-prediction loss (smoothed) against step, from log.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, stage, key in ((axes[0], "vae", "mse"), (axes[1], "unet", "loss")):
+        pts = [(r["step"], r[key]) for r in rows if r["stage"] == stage and key in r]
+        if not pts:
+            continue
+        steps, values = map(np.asarray, zip(*pts))
+        ax.plot(steps, values, alpha=0.3, color="C0")
+        k = min(10, len(values))
+        ax.plot(steps[k - 1:], np.convolve(values, np.ones(k) / k, mode="valid"), color="C0")
+        ax.set(title=f"{stage} {key}", xlabel="step", yscale="log")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out

@@ -1,0 +1,44 @@
+"""The whole study as one driver (build -> Ray Train pre-training -> Ray fine-tune tasks -> HTML report), and
+the demo presets that run it on the toy world."""
+import re
+from pathlib import Path
+
+import pytest
+
+from diffreid.build import BuildConfig
+from diffreid.demo import demo_config
+from diffreid.distributed.run_all import STAGES, RunAllConfig, stage_data
+from diffreid.reid.finetune import FinetuneEvalConfig
+from diffreid.reid.pretrain import PretrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_demo_presets_are_valid_and_use_the_shipped_models(quick):
+    path = demo_config(quick)
+    run = RunAllConfig.load(path)
+    data = {stage: stage_data(path, run, stage, []) for stage in STAGES}
+    build = BuildConfig.model_validate({k: v for k, v in data["build"].items() if k != "ray"})
+    PretrainConfig.model_validate(data["pretrain"])
+    FinetuneEvalConfig.model_validate({**data["finetune_eval"], "target": {"root": "x"}})
+    assert build.base_model.path == "diffreid:toy-base" and build.lpe.captioner == "toy"
+    assert "fs" in data["finetune_eval"]["settings"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_all_writes_results_and_a_report(ray_client, tmp_path):
+    from diffreid.distributed.run_all import run_all
+
+    page = run_all(REPO / "configs" / "toy-run-all.yaml", tmp_path, overrides=[
+        "pretrain.epochs=1", "pretrain.ray.num_workers=1", "finetune_eval.train.epochs=1",
+        "finetune_eval.settings=[fs]", "finetune_eval.fractions=[50]"])
+    assert page == tmp_path / "report.html"
+    html = page.read_text()
+    assert "Results (fine-tune on the target)" in html and "Stage times" in html
+    assert re.search(r"<td>fs</td>\s*<td>50</td>\s*<td>diffperson</td>", html), "the pre-trained init is in the table"
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) >= 3 and all((page.parent / src).is_file() for src in images)
+    assert (tmp_path / "pretrain" / "backbone.safetensors").is_file()
+    assert (tmp_path / "finetune" / "results.csv").is_file()
