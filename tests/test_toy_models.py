@@ -55,19 +55,23 @@ def test_caption_from_attributes_matches_describe():
 
 
 def test_toy_base_follows_the_prompted_shirt_colour():
-    pipe = load_pipeline(PipelineConfig(path="diffreid:toy-base"))
-    cap = ToyCaptioner(resolve_model_path("diffreid:toy-captioner"))
+    """Same seeds, different prompted shirt colours: the predicted shirt colour follows the prompt far more
+    often than it matches a colour that was not asked for."""
     import torch
 
-    hits = n = 0
-    for colour in ("red", "yellow", "blue"):
+    pipe = load_pipeline(PipelineConfig(path="diffreid:toy-base"))
+    cap = ToyCaptioner(resolve_model_path("diffreid:toy-captioner"))
+    colours = ("red", "yellow", "blue", "white")
+    predicted = {}
+    for colour in colours:
         prompt = f"a photo of person, a person with short black hair wearing a {colour} shirt, black trousers"
-        images = pipe([prompt] * 4, num_inference_steps=20, guidance_scale=4.0, height=64, width=32,
-                      generator=[torch.Generator().manual_seed(k) for k in range(4)]).images
+        images = pipe([prompt] * 6, num_inference_steps=20, guidance_scale=7.0, height=64, width=32,
+                      generator=[torch.Generator().manual_seed(k) for k in range(6)]).images
         assert images[0].size == (32, 64)
-        hits += sum(p["upper_colour"] == colour for p in cap.predict(images))
-        n += 4
-    assert hits / n >= 0.5, f"{hits}/{n} shirts in the prompted colour"
+        predicted[colour] = [p["upper_colour"] for p in cap.predict(images)]
+    asked = np.mean([p == c for c in colours for p in predicted[c]])
+    not_asked = np.mean([p == other for c in colours for other in colours if other != c for p in predicted[c]])
+    assert asked >= 0.25 and asked >= 3 * not_asked, (asked, not_asked, predicted)
 
 
 def test_toy_captioner_folder_errors(tmp_path):
