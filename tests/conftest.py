@@ -48,11 +48,16 @@ def ray_cluster(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
     proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
+                             # agent/metrics ports of their own: another Ray on the machine holds the defaults
+                             *(f"--{flag}={free_port()}" for flag in (
+                                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                                 "runtime-env-agent-port", "ray-client-server-port")),
                              "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.time() + 180
         wait_for_port(port, deadline)
         wait_for_port(dash, deadline)
+        wait_for_job_agent(f"http://127.0.0.1:{dash}", deadline)
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
     finally:
         import ray
@@ -65,6 +70,26 @@ def ray_cluster(tmp_path_factory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def wait_for_job_agent(dashboard: str, deadline: float) -> None:
+    """The dashboard port opens before the head's job agent registers (slowly on a loaded machine); until
+    then submissions fail with 'No available agent'. Submit a no-op job until one is accepted and done."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(dashboard)
+    while True:
+        try:
+            job = client.submit_job(entrypoint="true")
+            break
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(1)
+    while client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        if time.time() > deadline:
+            raise TimeoutError(f"the readiness job {job} did not finish")
+        time.sleep(0.5)
 
 
 @pytest.fixture()
