@@ -89,7 +89,12 @@ def run_all(config_path: str | Path, out_dir: str | Path, overrides: list[str] |
     t0 = time.time()
     pretrain_out = out / "pretrain"
     pretrain_out.mkdir(parents=True, exist_ok=True)
-    pretrain_with_ray(pretrain_cfg, load_dataset("market_layout", report.parent, splits=("train",)).train, pretrain_out)
+    records = load_dataset("market_layout", report.parent, splits=("train",)).train
+    if len(records) < pretrain_cfg.batch_size:
+        raise ConfigError(f"{report.parent}: the filter kept {len(records)} images, fewer than pretrain.batch_size "
+                          f"({pretrain_cfg.batch_size}); generate more (build.sampler.num_images), lower "
+                          "build.filter.threshold, or lower pretrain.batch_size")
+    pretrain_with_ray(pretrain_cfg, records, pretrain_out)
     timings["pre-training"] = time.time() - t0
     print(f"backbone:    {pretrain_out / 'backbone.safetensors'}")
     # 3. fine-tune + evaluate, the new backbone beside the config's own inits
