@@ -45,10 +45,17 @@ class StudyConfig(StageConfig):
                            "inits are set here)")
     ablation_finetune: dict = Field(default_factory=dict, description="overrides of `finetune` for ablation "
                                     "backbones (e.g. fewer settings)")
+    filter_thresholds: list[float] = Field(default_factory=list, description="also pre-train on the main build's "
+                                           "images scoring >= each threshold (kept or dropped): the filter's "
+                                           "keep-rate vs purity trade-off without re-generating")
+    pretrain_seeds: list[int] = Field([0], min_length=1, description="pre-training seeds of (b) and (c); the "
+                                      "first is the main table's, the others are fine-tuned with "
+                                      "`ablation_finetune` (one pre-training run is one sample of the claim)")
 
 
-def _records_with_source_pids(diff_person: Path, folders=("bounding_box_train",)):
-    """Diff-Person images labelled with their source pid, so they share labels with the real S images."""
+def _records_with_source_pids(diff_person: Path, folders=("bounding_box_train",), min_score: float | None = None):
+    """Diff-Person images labelled with their source pid, so they share labels with the real S images;
+    with ``min_score``, only those whose filter score (manifest ``score_reid_ctf``) reaches it."""
     from dataclasses import replace
 
     from diffreid.data.readers.market import read_market_folder
@@ -60,6 +67,12 @@ def _records_with_source_pids(diff_person: Path, folders=("bounding_box_train",)
         if (diff_person / folder).is_dir():
             records += [replace(r, pid=to_source[r.pid]) for r in
                         read_market_folder(str(diff_person / folder), keep_distractors=False)]
+    if min_score is not None:
+        import pandas as pd
+
+        manifest = pd.read_parquet(diff_person / "manifest.parquet", columns=["file", "score_reid_ctf"])
+        score = {str((diff_person / f).resolve()): v for f, v in zip(manifest["file"], manifest["score_reid_ctf"]) if f}
+        records = [r for r in records if score[str(Path(r.path).resolve())] >= min_score]
     return records
 
 
@@ -150,15 +163,24 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
     if cfg.no_filter:
         train_sets["real S + Diff-Person, no filter"] = s_real + _records_with_source_pids(
             builds["full"], ("bounding_box_train", "dropped"))
+    for t in cfg.filter_thresholds:
+        train_sets[f"real S + Diff-Person, threshold {t:g}"] = s_real + _records_with_source_pids(
+            builds["full"], ("bounding_box_train", "dropped"), min_score=t)
     for name in cfg.variants:
         train_sets[f"real S + Diff-Person, {name}"] = s_real + _records_with_source_pids(builds[name])
-    backbones = {}
-    sizes = {}
-    for name, records in train_sets.items():
-        folder = out / "pretrain" / name.replace(" ", "_").replace(",", "").replace("+", "plus")
+    main = ["real S", "real S + Diff-Person"]
+    jobs = [(name, records, cfg.pretrain_seeds[0]) for name, records in train_sets.items()]
+    jobs += [(name, train_sets[name], seed) for seed in cfg.pretrain_seeds[1:] for name in main]
+    backbones, seeded, sizes = {}, {}, {}
+    for name, records, seed in jobs:
+        folder = out / "pretrain" / _slug(name)
+        label = name
+        if seed != cfg.pretrain_seeds[0]:
+            folder, label = folder.with_name(f"{folder.name}_seed{seed}"), f"{name} · pretrain seed {seed}"
         if not (folder / "backbone.safetensors").is_file():
-            timed(f"pretrain {name}", lambda: pretrain_in_process(pretrain_cfg, records, folder, progress=progress))
-        backbones[name] = str(folder / "backbone.safetensors")
+            seed_cfg = pretrain_cfg.model_copy(update={"runtime": pretrain_cfg.runtime.model_copy(update={"seed": seed})})
+            timed(f"pretrain {label}", lambda: pretrain_in_process(seed_cfg, records, folder, progress=progress))
+        (backbones if label == name else seeded)[label] = str(folder / "backbone.safetensors")
         sizes[name] = {"images": len(records), "identities": len({r.pid for r in records})}
     atomic_write_json(out / "pretrain_sets.json", sizes)
 
@@ -175,18 +197,26 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
 
     # 4. fine-tune on T
     target_ref = {"name": "market_layout", "root": str(target)}
-    main = ["real S", "real S + Diff-Person"]
     main_cfg = FinetuneEvalConfig.model_validate({**cfg.finetune, "target": target_ref,
                                                   "inits": {"random": None, **{k: backbones[k] for k in main}}})
     frames = [finetune("main", main_cfg)]
+    data = copy.deepcopy(cfg.finetune)
+    deep_update(data, copy.deepcopy(cfg.ablation_finetune))
+
+    def finetune_each(table, inits):
+        """One cached fine-tune per backbone, so adding a backbone to the table runs only that one."""
+        return pd.concat([finetune(f"{table}/{_slug(name)}", FinetuneEvalConfig.model_validate(
+            {**data, "target": target_ref, "inits": {name: path}})) for name, path in inits.items()],
+            ignore_index=True)
+
     ablations = {k: v for k, v in backbones.items() if k not in main}
     if ablations:
-        data = copy.deepcopy(cfg.finetune)
-        deep_update(data, copy.deepcopy(cfg.ablation_finetune))
-        abl_cfg = FinetuneEvalConfig.model_validate({**data, "target": target_ref,
-                                                     "inits": {"real S + Diff-Person": backbones["real S + Diff-Person"],
-                                                               **ablations}})
-        frames.append(finetune("ablations", abl_cfg))
+        frames.append(with_main_runs(frames[0], finetune_each("ablations", ablations), ["real S + Diff-Person"]))
+    seeds_frame = None
+    if seeded:
+        extra = finetune_each("pretrain_seeds", seeded)
+        extra = extra.assign(init=extra["init"].str.split(" · ").str[0])
+        seeds_frame = with_main_runs(frames[0], extra, main)
 
     # 5. filter agreement with ground truth
     agreement = {}
@@ -203,10 +233,27 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
     tables = {"main": to_markdown(summarise(frames[0]))}
     if len(frames) > 1:
         tables["ablations"] = to_markdown(summarise(frames[1]))
+    if seeds_frame is not None:
+        tables["pretrain_seeds"] = to_markdown(summarise(seeds_frame))
     text = format_study(tables, agreement, sizes, timings)
     atomic_write_text(out / "RESULTS.md", text)
     print(text)
     return {"results": out / "RESULTS.md", "dataframes": [str(out / "finetune" / k) for k in ("main", "ablations")]}
+
+
+def with_main_runs(main, extra, inits):
+    """``extra``'s fine-tune runs with the main table's runs of ``inits`` in the same settings put first
+    (the same backbone, config and seeds: run once, shown in both tables)."""
+    import pandas as pd
+
+    settings = set(zip(extra["setting"], extra["percent"]))
+    in_settings = pd.Series([k in settings for k in zip(main["setting"], main["percent"])], index=main.index)
+    first = main[main["init"].isin(inits) & in_settings]
+    return pd.concat([first, extra], ignore_index=True)
+
+
+def _slug(name: str) -> str:
+    return name.replace(" · ", "_").replace(" ", "_").replace(",", "").replace("+", "plus")
 
 
 def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: dict) -> str:
@@ -215,6 +262,9 @@ def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: 
              "## (a) random vs (b) real S vs (c) real S + Diff-Person", "", tables["main"]]
     if "ablations" in tables:
         lines += ["## Ablations of (c)", "", tables["ablations"]]
+    if "pretrain_seeds" in tables:
+        lines += ["## (b) vs (c) over pre-training seeds", "",
+                  "Cells: mAP ± std over every pre-training seed × fine-tune seed.", "", tables["pretrain_seeds"]]
     lines += ["## Pre-training sets", "", "| backbone | images | identities |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['images']} | {v['identities']} |" for k, v in sizes.items()]
     if agreement:

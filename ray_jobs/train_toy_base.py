@@ -50,13 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.base.threads:
         torch.set_num_threads(cfg.base.threads)
     captioner_dir = out / "toy-captioner"
+    pool = render_pool(cfg.base.pool)  # one pool, disjoint from every evaluation identity, for both models
     if args.part in ("captioner", "all"):
-        images, owners, views = render_pool(cfg.base.pool)
-        result = train_toy_captioner(cfg.captioner, images, owners, views, captioner_dir)
+        result = train_toy_captioner(cfg.captioner, *pool, captioner_dir)
         print(json.dumps(result, indent=1))
     if args.part in ("base", "all"):
         captioner = ToyCaptioner(captioner_dir) if captioner_dir.is_dir() else None
-        result = train_toy_base(cfg.base, out / "toy-base", work / "base", captioner=captioner)
+        result = train_toy_base(cfg.base, out / "toy-base", work / "base", captioner=captioner, pool=pool)
         atomic_write_json(work / "base" / "result.json", result)
         print(json.dumps(result, indent=1))
     return 0

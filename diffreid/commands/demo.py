@@ -10,6 +10,5 @@ def register(p):
 def run(args):
     from diffreid.demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, overrides=args.overrides, address=args.address)
-    print(f"\nreport: {report}")
+    run_demo(args.out, quick=args.quick, overrides=args.overrides, address=args.address)  # prints the report path
     return 0

@@ -144,11 +144,17 @@ def build_diff_person_ray(cfg: RayBuildJobConfig, out_dir: str | Path, progress:
             ray.get(ray.remote(**task)(_train_shared).remote(cfg, plan))
             timings["shared_adapter_s"] = time.time() - t1
         t1 = time.time()
-        with open_writer(cfg, plan) as writer:
-            rows = scored_identities(cfg, plan, sorted(todo), placement).iter_rows()
-            for row in tqdm(rows, total=len(todo), desc="identities (ray)", disable=not progress):
-                scores, kept = scores_of_row(row)
-                write_identity(writer, todo[int(row["pid"])], row_to_batch(row), scores, kept)
+        data_ctx = ray.data.DataContext.get_current()
+        own_bars, data_ctx.enable_progress_bars = data_ctx.enable_progress_bars, False  # the per-identity bar
+        # below replaces them (in a log file Ray Data's print an empty block every 10 s)
+        try:
+            with open_writer(cfg, plan) as writer:
+                rows = scored_identities(cfg, plan, sorted(todo), placement).iter_rows()
+                for row in tqdm(rows, total=len(todo), desc="identities (ray)", disable=not progress):
+                    scores, kept = scores_of_row(row)
+                    write_identity(writer, todo[int(row["pid"])], row_to_batch(row), scores, kept)
+        finally:
+            data_ctx.enable_progress_bars = own_bars
         timings["stream_s"] = time.time() - t1
     timings["total_s"] = time.time() - t0
     timings["identities_generated"] = len(todo)

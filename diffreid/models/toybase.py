@@ -340,10 +340,11 @@ def sample_grid(pipe, path: Path, per_prompt: int = 6, steps: int = 25, guidance
     return rows
 
 
-def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None) -> dict:
+def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, pool=None) -> dict:
     """Train the toy base pipeline and write it to ``out_dir`` (a diffusers folder). ``work_dir`` keeps the
     resumable checkpoints, the loss log and sample grids. With a ``captioner`` (the toy attribute predictor),
-    prompt following is measured: how often generated shirts/trousers have the prompted colour."""
+    prompt following is measured: how often generated shirts/trousers have the prompted colour. ``pool`` is
+    ``render_pool(cfg.pool)``'s result when the caller already rendered it."""
     import torch
 
     from diffreid.models.tiny import build_tokenizer
@@ -361,7 +362,7 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None) -
             f.write(json.dumps({**row, "time_s": round(time.time() - t_start, 1)}) + "\n")
 
     tokenizer = build_tokenizer(work / "tokenizer", words=caption_words())
-    images, owners, views = render_pool(cfg.pool)
+    images, owners, views = pool if pool is not None else render_pool(cfg.pool)
     rng = np.random.default_rng(cfg.seed)
     captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
     vae, unet, text_encoder, scheduler = build_models(cfg, tokenizer)
