@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from diffreid.config import ConfigError, StageConfig, deep_update, set_dotted
 from diffreid.data.toyworld import ToyWorldConfig
@@ -48,9 +48,25 @@ class StudyConfig(StageConfig):
     filter_thresholds: list[float] = Field(default_factory=list, description="also pre-train on the main build's "
                                            "images scoring >= each threshold (kept or dropped): the filter's "
                                            "keep-rate vs purity trade-off without re-generating")
-    pretrain_seeds: list[int] = Field([0], min_length=1, description="pre-training seeds of (b) and (c); the "
-                                      "first is the main table's, the others are fine-tuned with "
+    pretrain_seeds: list[int] = Field([0], min_length=1, description="pre-training seeds of `seeded_backbones`; "
+                                      "the first is every backbone's, the others are fine-tuned with "
                                       "`ablation_finetune` (one pre-training run is one sample of the claim)")
+    seeded_backbones: list[str] = Field(["real S", "real S + Diff-Person"], description="backbones pre-trained "
+                                        "once per seed: (b) and (c) by default; any backbone name of the tables")
+
+    def backbone_names(self) -> list[str]:
+        """The pre-trained backbones, in table order."""
+        names = ["real S", "real S + Diff-Person"] + ["real S + Diff-Person, no filter"] * self.no_filter
+        names += [f"real S + Diff-Person, threshold {t:g}" for t in self.filter_thresholds]
+        return names + [f"real S + Diff-Person, {name}" for name in self.variants]
+
+    @model_validator(mode="after")
+    def _known_seeded_backbones(self):
+        unknown = sorted(set(self.seeded_backbones) - set(self.backbone_names()))
+        if unknown:
+            raise ValueError(f"seeded_backbones: {unknown} are not backbones of this study; "
+                             f"choose from {self.backbone_names()}")
+        return self
 
 
 def _records_with_source_pids(diff_person: Path, folders=("bounding_box_train",), min_score: float | None = None):
@@ -170,7 +186,7 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         train_sets[f"real S + Diff-Person, {name}"] = s_real + _records_with_source_pids(builds[name])
     main = ["real S", "real S + Diff-Person"]
     jobs = [(name, records, cfg.pretrain_seeds[0]) for name, records in train_sets.items()]
-    jobs += [(name, train_sets[name], seed) for seed in cfg.pretrain_seeds[1:] for name in main]
+    jobs += [(name, train_sets[name], seed) for seed in cfg.pretrain_seeds[1:] for name in cfg.seeded_backbones]
     backbones, seeded, sizes = {}, {}, {}
     for name, records, seed in jobs:
         folder = out / "pretrain" / _slug(name)
@@ -216,7 +232,8 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
     if seeded:
         extra = finetune_each("pretrain_seeds", seeded)
         extra = extra.assign(init=extra["init"].str.split(" · ").str[0])
-        seeds_frame = with_main_runs(frames[0], extra, main)
+        every = pd.concat(frames, ignore_index=True).drop_duplicates(["setting", "percent", "init", "seed"])
+        seeds_frame = with_main_runs(every, extra, cfg.seeded_backbones)
 
     # 5. filter agreement with ground truth
     agreement = {}
@@ -242,8 +259,8 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
 
 
 def with_main_runs(main, extra, inits):
-    """``extra``'s fine-tune runs with the main table's runs of ``inits`` in the same settings put first
-    (the same backbone, config and seeds: run once, shown in both tables)."""
+    """``extra``'s fine-tune runs with ``main``'s runs of ``inits`` in the same settings put first (the same
+    backbone, config and seeds: run once, shown in both tables)."""
     import pandas as pd
 
     settings = set(zip(extra["setting"], extra["percent"]))
@@ -263,7 +280,7 @@ def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: 
     if "ablations" in tables:
         lines += ["## Ablations of (c)", "", tables["ablations"]]
     if "pretrain_seeds" in tables:
-        lines += ["## (b) vs (c) over pre-training seeds", "",
+        lines += ["## Over pre-training seeds", "",
                   "Cells: mAP ± std over every pre-training seed × fine-tune seed.", "", tables["pretrain_seeds"]]
     lines += ["## Pre-training sets", "", "| backbone | images | identities |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['images']} | {v['identities']} |" for k, v in sizes.items()]

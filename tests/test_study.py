@@ -35,21 +35,24 @@ def test_study_runs_every_backbone_and_reports(tmp_path):
         "finetune": {"settings": ["fs", "supervised"], "fractions": [50], "seeds": [0], "train": TRAIN},
         "ablation_finetune": {"settings": ["fs"]},
         "pretrain_seeds": [0, 1],
-        "filter_thresholds": [0.0],
+        "seeded_backbones": ["real S", "real S + Diff-Person", "real S + Diff-Person, no filter"],
+        "filter_thresholds": [0.0, 2.0],
     })
     out = run_study(cfg, tmp_path, progress=False)
     text = out["results"].read_text()
     for init in ("random", "real S", "real S + Diff-Person", "no filter", "lambda_0"):
         assert init in text
     assert (tmp_path / "pretrain" / "real_S_plus_Diff-Person_seed1" / "backbone.safetensors").is_file()
-    seeds_table = text.split("## (b) vs (c) over pre-training seeds")[1].split("##")[0]
+    seeds_table = text.split("## Over pre-training seeds")[1].split("##")[0]
     rows = [line for line in seeds_table.splitlines() if line.startswith("| fs | 50 |")]
-    assert len(rows) == 1 and rows[0].count("±") == 2  # b and c, each over pre-training seeds 0 and 1
+    assert len(rows) == 1 and rows[0].count("±") == 3  # b, c and c without filter, each over seeds 0 and 1
     sizes = json.loads((tmp_path / "pretrain_sets.json").read_text())
+    assert sorted(sizes) == sorted(cfg.backbone_names())
     real = sizes["real S"]["images"]
     assert sizes["real S + Diff-Person, no filter"]["images"] == real + 3 * 4  # every generated image
     assert real <= sizes["real S + Diff-Person"]["images"] <= real + 3 * 4  # kept images only
     assert sizes["real S + Diff-Person, threshold 0"]["images"] == real + 3 * 4  # every score is >= 0
+    assert sizes["real S + Diff-Person, threshold 2"]["images"] == real  # no score reaches 2
     assert sizes["real S + Diff-Person"]["identities"] == sizes["real S"]["identities"] == 3
     agreement = json.loads((tmp_path / "filter_agreement.json").read_text())
     assert set(agreement) == {"full", "lambda_0"}
@@ -60,3 +63,11 @@ def test_study_runs_every_backbone_and_reports(tmp_path):
     again = run_study(cfg, tmp_path, progress=False)["results"].read_text()
     assert again.split("## Time")[0] == text.split("## Time")[0]
     assert (runs.stat().st_mtime_ns, (tmp_path / "builds" / "full" / "manifest.parquet").stat().st_mtime_ns) == before
+
+
+def test_seeded_backbones_must_name_a_backbone():
+    with pytest.raises(ValueError, match="seeded_backbones.*'real S, no filter'.*choose from"):
+        StudyConfig.model_validate({"seeded_backbones": ["real S, no filter"]})
+    names = StudyConfig.model_validate({"filter_thresholds": [0.1], "variants": {"lambda_0": []}}).backbone_names()
+    assert names == ["real S", "real S + Diff-Person", "real S + Diff-Person, no filter",
+                     "real S + Diff-Person, threshold 0.1", "real S + Diff-Person, lambda_0"]
