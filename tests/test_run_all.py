@@ -37,6 +37,8 @@ def test_run_all_writes_results_and_a_report(ray_client, tmp_path):
     assert page == tmp_path / "report.html"
     html = page.read_text()
     assert "Results (fine-tune on the target)" in html and "Stage times" in html
+    kept = len(list((tmp_path / "diff-person" / "bounding_box_train").glob("*.png")))
+    assert f"The pre-training set has {kept} images" in html
     assert re.search(r"<td>fs</td>\s*<td>50</td>\s*<td>diffperson</td>", html), "the pre-trained init is in the table"
     images = re.findall(r'<img src="([^"]+)"', html)
     assert len(images) >= 3 and all((page.parent / src).is_file() for src in images)
