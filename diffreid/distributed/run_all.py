@@ -136,9 +136,10 @@ def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float]
     kept = sum(1 for f in train.iterdir() if f.suffix in (".png", ".jpg")) if train.is_dir() else 0
     if kept < 10_000:
         notes.append(f"The pre-training set has {kept} images; the paper's Diff-Person has 777K of 5,183 identities. "
-                     "At a few hundred images, pre-training on generated images alone may not beat random init: "
-                     "`make reproduce` measures the method where it can show, with generated images added to the "
-                     "source's real ones (docs/reproduce-RESULTS.md).")
+                     "At a few hundred images, pre-training on generated images alone may not beat random init, "
+                     "and the filter can cost more images than it is worth: `--set build.filter.threshold=0` keeps "
+                     "every generated image (the README's demo section has both runs measured), and `make reproduce` "
+                     "adds them to the source's real images (docs/reproduce-RESULTS.md).")
     return write_report(diff_person, out=out / "report.html", title="diffreid run: Diff-Person → pre-training → "
                         "fine-tune", lead_tables={"Results (fine-tune on the target)": table, "Stage times": times},
                         lead_images={"mAP by setting": out / "finetune" / "results.png"}, notes=notes)
