@@ -174,16 +174,13 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
 
     # 3. backbones
     pretrain_cfg = PretrainConfig.model_validate(cfg.pretrain)
-    train_sets = {"real S": s_real,
-                  "real S + Diff-Person": s_real + _records_with_source_pids(builds["full"])}
+    both = ("bounding_box_train", "dropped")
+    generated = [_records_with_source_pids(builds["full"])]  # in cfg.backbone_names() order, after "real S"
     if cfg.no_filter:
-        train_sets["real S + Diff-Person, no filter"] = s_real + _records_with_source_pids(
-            builds["full"], ("bounding_box_train", "dropped"))
-    for t in cfg.filter_thresholds:
-        train_sets[f"real S + Diff-Person, threshold {t:g}"] = s_real + _records_with_source_pids(
-            builds["full"], ("bounding_box_train", "dropped"), min_score=t)
-    for name in cfg.variants:
-        train_sets[f"real S + Diff-Person, {name}"] = s_real + _records_with_source_pids(builds[name])
+        generated.append(_records_with_source_pids(builds["full"], both))
+    generated += [_records_with_source_pids(builds["full"], both, min_score=t) for t in cfg.filter_thresholds]
+    generated += [_records_with_source_pids(builds[name]) for name in cfg.variants]
+    train_sets = dict(zip(cfg.backbone_names(), [s_real] + [s_real + g for g in generated], strict=True))
     main = ["real S", "real S + Diff-Person"]
     jobs = [(name, records, cfg.pretrain_seeds[0]) for name, records in train_sets.items()]
     jobs += [(name, train_sets[name], seed) for seed in cfg.pretrain_seeds[1:] for name in cfg.seeded_backbones]

@@ -110,7 +110,7 @@ def run_all(config_path: str | Path, out_dir: str | Path, overrides: list[str] |
     timings["fine-tune + evaluation"] = time.time() - t0
     print(f"results:     {out / 'finetune' / 'results.md'}\n")
     print((out / "finetune" / "results.md").read_text())
-    page = write_run_report(out, report.parent, df, timings, ft_cfg)
+    page = write_run_report(out, report.parent, df, timings, ft_cfg, pretrain_images=len(records))
     print(f"report:      {page}")
     return page
 
@@ -119,7 +119,8 @@ def stage(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float], ft_cfg) -> Path:
+def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float], ft_cfg,
+                     pretrain_images: int) -> Path:
     """OUT/report.html: the results table first, then the Diff-Person report's sections."""
     from diffreid.diffperson.report import write_report
     from diffreid.reid.finetune import summarise
@@ -132,10 +133,8 @@ def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float]
     times = [{"stage": k, "minutes": f"{v / 60:.1f}"} for k, v in timings.items()]
     notes = [f"Target: {ft_cfg.target.name} at {ft_cfg.target.root}. Inits: random = random initialisation; "
              "diffperson = the backbone pre-trained on this run's Diff-Person."]
-    train = diff_person / "bounding_box_train"
-    kept = sum(1 for f in train.iterdir() if f.suffix in (".png", ".jpg")) if train.is_dir() else 0
-    if kept < 10_000:
-        notes.append(f"The pre-training set has {kept} images; the paper's Diff-Person has 777K of 5,183 identities. "
+    if pretrain_images < 10_000:
+        notes.append(f"The pre-training set has {pretrain_images} images; the paper's Diff-Person has 777K of 5,183 identities. "
                      "At a few hundred images, pre-training on generated images alone may not beat random init, "
                      "and the filter can cost more images than it is worth: `--set build.filter.threshold=0` keeps "
                      "every generated image (the README's demo section has both runs measured), and `make reproduce` "
