@@ -10,6 +10,7 @@ without re-implementing any of it:
         for job in pending_jobs(plan, writer):
             batch = gen.generate(job)
             write_identity(writer, job, batch, scorer.score(job, batch.images))
+    measure_build_fidelity(cfg, plan)         # identity fidelity of the generated images -> OUT/fidelity.json
     finish_build(cfg, plan)                   # manifest merge, report
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import Field, model_validator
 
 from diffreid.config import ConfigError, RuntimeConfig, StageConfig
 from diffreid.data.toyworld import ToyWorldConfig
+from diffreid.diffperson.fidelity import FidelityConfig
 from diffreid.diffperson.writer import DiffPersonWriter, WriterConfig
 from diffreid.filtering.base import FilterConfig
 from diffreid.generation.adapters.config import AdapterConfig
@@ -65,12 +67,15 @@ class BuildConfig(StageConfig):
                                          description="trains the filter's Re-ID model per source when "
                                                      "filter.reid_model_dir is unset")
     writer: WriterConfig = Field(default_factory=WriterConfig, description="image format, generated camera id")
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig,
+                                     description="identity fidelity measured at the end of the build "
+                                                 "(OUT/fidelity.json, first table of the report)")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
                                    description="copied into every stage so one line moves the build to cuda")
 
     @model_validator(mode="after")
     def _one_runtime(self):
-        for stage in (self.base_model, self.lpe, self.adapter, self.filter_reid):
+        for stage in (self.base_model, self.lpe, self.adapter, self.filter_reid, self.fidelity.reader):
             if stage.runtime != self.runtime:
                 object.__setattr__(stage, "runtime", self.runtime)
         names = [s.name for s in self.sources]
@@ -120,9 +125,7 @@ class GeneratedBatch:
 def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) -> BuildPlan:
     """Resolve sources, identities, base model and filter models; caption identities; shared reference sets.
     Every step is cached under OUT, so a re-run is cheap."""
-    from diffreid.data import load_dataset
-    from diffreid.data.toyworld import render_world
-    from diffreid.generation.prompts import sequence_images
+    from diffreid.generation.prompts import caption_images
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -138,15 +141,8 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
     jobs, skipped, source_records, filter_dirs = [], [], {}, {}
     keys = []
     for src in cfg.sources:
-        root = src.root or render_world(src.toyworld, out / "sources" / src.name)
-        dataset = load_dataset(src.dataset, root, **src.reader_options)
-        train = [r for r in dataset.train if readable_image(r.path)]
-        if len(train) < len(dataset.train):
-            bad = sorted({r.path for r in dataset.train} - {r.path for r in train})
-            warnings.warn(f"source {src.name}: skipped {len(bad)} unreadable or corrupt image(s), e.g. {bad[:3]}",
-                          stacklevel=2)
-        dataset.train = train
-        source_records[src.name] = train
+        root, dataset = load_source(src, out)
+        source_records[src.name] = dataset.train
         sequences = dataset.identity_sequences("train")
         pids = sorted(sequences) if src.pids is None else src.pids
         unknown = sorted(set(pids) - set(sequences))
@@ -160,7 +156,7 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
                 skipped.append({"source": src.name, "source_pid": spid,
                                 "reason": f"{len(paths)} usable images < min_images {src.min_images}"})
                 continue
-            seq = [r.path for r in sequence_images(sequences[spid], cfg.lpe.max_images)]
+            seq = [r.path for r in caption_images(sequences[spid], cfg.lpe)]
             keys.append((src.name, spid))
             jobs.append(IdentityJob(src.name, spid, -1, paths, seq))
         filter_dirs[src.name] = cfg.filter.reid_model_dir or str(
@@ -182,6 +178,31 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
     return plan
 
 
+def source_root(src: SourceConfig, out_dir: str | Path) -> Path:
+    """The source's dataset folder: ``root``, or its toy world rendered into OUT/sources/NAME (once: rendering
+    an existing world with the same config is a no-op)."""
+    from diffreid.data.toyworld import render_world
+
+    if src.root:
+        return Path(src.root)
+    return render_world(src.toyworld, Path(out_dir) / "sources" / src.name)
+
+
+def load_source(src: SourceConfig, out_dir: str | Path):
+    """``(root, dataset)`` of a source, its train split without unreadable images (warned about, not fatal)."""
+    from diffreid.data import load_dataset
+
+    root = source_root(src, out_dir)
+    dataset = load_dataset(src.dataset, root, **src.reader_options)
+    train = [r for r in dataset.train if readable_image(r.path)]
+    if len(train) < len(dataset.train):
+        bad = sorted({r.path for r in dataset.train} - {r.path for r in train})
+        warnings.warn(f"source {src.name}: skipped {len(bad)} unreadable or corrupt image(s), e.g. {bad[:3]}",
+                      stacklevel=3)
+    dataset.train = train
+    return root, dataset
+
+
 def readable_image(path: str) -> bool:
     """True when the file decodes as an image (corrupt or truncated files are skipped, not fatal)."""
     from PIL import Image
@@ -196,12 +217,18 @@ def readable_image(path: str) -> bool:
 
 def ensure_filter_model(cfg: BuildConfig, train_records, folder: Path, progress: bool) -> Path:
     """The source's Re-ID model for Re-ID CTF, trained once with the project's BoT trainer."""
+    return ensure_reid_model(cfg.filter_reid, train_records, folder, progress)
+
+
+def ensure_reid_model(train_cfg: ReIDTrainConfig, train_records, folder: Path, progress: bool) -> Path:
+    """A Re-ID model in ``folder``: the one already there (``reid_model.json`` is written last), else trained
+    with the project's BoT trainer (the filter's model; the fidelity reader)."""
     from diffreid.reid.train import train_reid
 
-    if (folder / "reid_model.json").is_file():
-        return folder
-    train_reid(cfg.filter_reid, train_records, out_dir=folder, progress=progress)
-    return folder
+    if (Path(folder) / "reid_model.json").is_file():
+        return Path(folder)
+    train_reid(train_cfg, train_records, out_dir=folder, progress=progress)
+    return Path(folder)
 
 
 def caption_all(cfg: BuildConfig, plan: BuildPlan) -> dict[int, str]:
@@ -370,6 +397,20 @@ def write_identity(writer: DiffPersonWriter, job: IdentityJob, batch: GeneratedB
                       source_images=job.image_paths[:8], info={"prompt": batch.prompt, "adapter": batch.adapter_dir})
 
 
+def measure_build_fidelity(cfg: BuildConfig, plan: BuildPlan, progress: bool = False) -> dict | None:
+    """OUT/fidelity.json when ``cfg.fidelity.enabled``; a build with nothing to measure (no generated image, one
+    identity) is warned about, not failed. Returns the figures, or None."""
+    from diffreid.diffperson.fidelity import FidelityUnavailable, measure_fidelity
+
+    if not cfg.fidelity.enabled:
+        return None
+    try:
+        return measure_fidelity(plan.out, cfg.fidelity, progress=progress)
+    except FidelityUnavailable as err:
+        warnings.warn(f"identity fidelity not measured: {err}", stacklevel=2)
+        return None
+
+
 def finish_build(cfg: BuildConfig, plan: BuildPlan, timings: dict | None = None) -> Path:
     from diffreid.diffperson.report import write_report
 
@@ -404,6 +445,9 @@ def build_diff_person(cfg: BuildConfig, out_dir: str | Path, progress: bool = Tr
                     scores, kept = scorer.score(job.source, job.source_pid, batch.images)
                     write_identity(writer, job, batch, scores, kept)
                     bar.update(1)
+    t1 = time.time()
+    measure_build_fidelity(cfg, plan, progress=progress)
+    timings["fidelity_s"] = time.time() - t1
     timings["total_s"] = time.time() - t0
     timings["identities_generated"] = len(todo)
     return finish_build(cfg, plan, timings)

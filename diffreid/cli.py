@@ -12,7 +12,7 @@ COMMANDS = [
     ("toyworld", "render a procedural toy pedestrian world in Market-1501 layout"),
     ("models", "make model folders (e.g. a tiny offline diffusers pipeline)"),
     ("build", "build a Diff-Person dataset: prompts -> adapters -> samples -> filter -> write"),
-    ("data", "inspect Re-ID datasets: verify a Diff-Person folder, print stats"),
+    ("data", "inspect Re-ID datasets: verify a Diff-Person folder, print stats, measure identity fidelity"),
     ("train", "train a BoT-style Re-ID model on a dataset and evaluate it"),
     ("pretrain", "pre-train a backbone on a Diff-Person (or Market-layout) dataset"),
     ("finetune_eval", "fine-tune and evaluate in the paper's settings (supervised, Fs, Ss, cross-domain)"),

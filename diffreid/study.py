@@ -96,31 +96,19 @@ def filter_agreement(diff_person: Path, world: Path, captioner) -> dict:
     """For generated images kept vs dropped by the filter: how often the toy attribute predictor reads the
     identity's true clothing (upper/lower colour and type) from them."""
     import pandas as pd
-    from PIL import Image
 
     from diffreid.data.toyworld import read_attributes
+    from diffreid.diffperson.fidelity import ALL_FOUR, attribute_hits, predict_attributes
 
     truth = read_attributes(world).set_index("pid")
     manifest = pd.read_parquet(diff_person / "manifest.parquet")
     manifest = manifest[(manifest["origin"] == "generated") & (manifest["file"] != "")]
-    keys = ("upper_colour", "lower_colour", "lower_type", "sleeve")
-    rows = []
-    for kept, part in manifest.groupby("kept"):
-        paths = [diff_person / p for p in part["file"]]
-        images = []
-        for p in paths:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
-        preds = captioner.predict(images)
-        for pid, pred in zip(part["source_pid"], preds):
-            true = truth.loc[int(pid)]
-            rows.append({"kept": bool(kept), **{k: pred[k] == true[k] for k in keys}})
-    df = pd.DataFrame(rows)
     out = {}
-    for kept, part in df.groupby("kept"):
-        name = "kept" if kept else "dropped"
-        out[name] = {"images": int(len(part)), **{k: float(part[k].mean()) for k in keys},
-                     "all four": float(part[list(keys)].all(axis=1).mean())}
+    for kept, part in manifest.groupby("kept"):
+        preds = predict_attributes(captioner, [diff_person / p for p in part["file"]])
+        hits = attribute_hits(preds, [truth.loc[int(pid)] for pid in part["source_pid"]])
+        out["kept" if kept else "dropped"] = {"images": int(len(part)), **{k: float(hits[k].mean()) for k in ALL_FOUR},
+                                              "all four": float(hits["all_four"].mean())}
     return out
 
 

@@ -12,7 +12,8 @@ from diffreid.data.toyworld import ToyWorldConfig, render_world
 from diffreid.diffperson.manifest import verify
 
 FAST = ["adapter.steps=3", "adapter.checkpoint_every=2", "refset.num_images=4", "refset.steps=2",
-        "sampler.num_images=4", "sampler.steps=2", "filter_reid.epochs=1", "filter_reid.P=4", "filter_reid.K=2"]
+        "sampler.num_images=4", "sampler.steps=2", "filter_reid.epochs=1", "filter_reid.P=4", "filter_reid.K=2",
+        "fidelity.reader.epochs=1", "fidelity.reader.iters_per_epoch=2"]
 REQUIRED = {"file", "pid", "camid", "source_dataset", "source_pid", "prompt", "seed", "adapter", "base_model",
             "scheduler", "steps", "guidance", "score_reid_ctf", "kept"}
 

@@ -16,6 +16,8 @@ from diffreid.generation.prompts import (
     make_identity_prompts,
     merge_captions,
     prompts_from_config,
+    caption_images,
+    identity_images,
     sequence_images,
 )
 from diffreid.generation.refset import RefSetConfig, generate_reference_set, reference_set_dir
@@ -206,3 +208,14 @@ def test_reference_set_needs_the_base_model(tiny_pipe, tmp_path):
         assert len(generate_reference_set(tiny_pipe, ["a photo of person"], refset_cfg(num_images=1), tmp_path)) == 1
     finally:
         tiny_pipe.unet.delete_adapters("id7")
+
+
+def test_identity_images_spread_over_every_camera():
+    recs = {cam: [ImageRecord(f"{cam}_{i}.jpg", 7, cam, frame=i) for i in range(n)]
+            for cam, n in ((2, 1), (0, 3), (1, 10))}
+    picked = identity_images(recs, 5)
+    assert [r.camid for r in picked] == [0, 1, 2, 0, 1]
+    assert len({r.path for r in picked}) == 5
+    assert len(identity_images(recs, 100)) == 14, "asking for more than exist returns each record once"
+    assert caption_images(recs, LPEConfig(caption_scope="identity", max_images=3)) == identity_images(recs, 3)
+    assert caption_images(recs, LPEConfig(max_images=3)) == sequence_images(recs, 3)

@@ -31,6 +31,7 @@ refset: {{num_images: 2, steps: 2, height: 64, width: 32, batch_size: 2}}
 adapter: {{steps: 2, checkpoint_every: 2}}
 sampler: {{num_images: {IMAGES}, steps: 2, batch_size: 4}}
 filter_reid: {{epochs: 1, warmup_epochs: 0, milestones: [], P: 4, K: 2, iters_per_epoch: 2}}
+fidelity: {{reader: {{epochs: 1, iters_per_epoch: 2}}}}
 ray: {{generator_actors: 2, scorer_actors: 1, adapter_cache: 2}}
 """
 
@@ -101,6 +102,9 @@ def test_ray_job_submit_builds_a_verified_diff_person(ray_cluster, tiny_config, 
     assert timings["identities_generated"] == IDS
     assert timings["placement"]["generator_actors"] == 2
     assert sorted(p.name for p in (out / "adapters").iterdir()) == [str(i) for i in range(1, IDS + 1)]
+    fidelity = json.loads((out / "fidelity.json").read_text())  # measured by a Ray task, shown in the report
+    assert fidelity["groups"]["all"]["images"] == IDS * IMAGES and "fidelity_s" in timings
+    assert "Identity fidelity" in (out / "report.html").read_text()
 
 
 @pytest.mark.slow

@@ -32,11 +32,13 @@ def test_run_all_writes_results_and_a_report(ray_client, tmp_path):
     from diffreid.distributed.run_all import run_all
 
     page = run_all(REPO / "configs" / "toy-run-all.yaml", tmp_path, overrides=[
-        "pretrain.epochs=1", "pretrain.ray.num_workers=1", "finetune_eval.train.epochs=1",
+        "pretrain.epochs=1", "pretrain.ray.num_workers=1", "build.fidelity.reader.epochs=1",
+        "build.fidelity.reader.iters_per_epoch=2", "finetune_eval.train.epochs=1",
         "finetune_eval.settings=[fs]", "finetune_eval.fractions=[50]"])
     assert page == tmp_path / "report.html"
     html = page.read_text()
     assert "Results (fine-tune on the target)" in html and "Stage times" in html
+    assert html.index("Identity fidelity") < html.index("Results (fine-tune on the target)")
     kept = len(list((tmp_path / "diff-person" / "bounding_box_train").glob("*.png")))
     assert f"The pre-training set has {kept} images" in html
     assert re.search(r"<td>fs</td>\s*<td>50</td>\s*<td>diffperson</td>", html), "the pre-trained init is in the table"

@@ -17,6 +17,7 @@ TINY_BUILD = {
     "filter_reid": {"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 3, "K": 2, "epochs": 1,
                     "warmup_epochs": 0, "milestones": [1], "num_workers": 0},
     "writer": {"image_format": "png"},
+    "fidelity": {"reader": {"epochs": 1, "iters_per_epoch": 2}},
 }
 TRAIN = {"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 3, "K": 2, "epochs": 1,
          "warmup_epochs": 0, "milestones": [1], "num_workers": 0}

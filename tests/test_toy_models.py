@@ -88,7 +88,8 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
               "--set", "base.pool.ids=6", "--set", "base.pool.images_per_id=4", "--set", "base.vae_steps=2",
               "--set", "base.unet_batch=4", "--set", "base.vae_batch=4", "--set", "base.sample_steps=1",
               "--set", "base.checkpoint_every=2", "--set", "base.sample_every=100", "--set", "captioner.steps=2",
-              "--set", "captioner.batch=8", "--set", "base.threads=1"]
+              "--set", "captioner.batch=8", "--set", "base.threads=1",
+              "--set", "base.refine.steps=2", "--set", "base.eval.per_prompt=1", "--set", "base.eval.steps=1"]
     done = subprocess.run(common + ["--set", "base.unet_steps=2"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -97,7 +98,9 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
     assert (out / "toy-captioner" / "model.safetensors").is_file()
     assert (out / "toy-base" / "samples.png").is_file()
     log = [json.loads(line) for line in (work / "base" / "log.jsonl").read_text().splitlines()]
-    assert {"vae", "unet"} <= {row["stage"] for row in log}
+    assert {"vae", "unet", "refine"} <= {row["stage"] for row in log}
+    evaluation = json.loads((out / "toy-base" / "diffreid_toy_base_eval.json").read_text())
+    assert evaluation["images"] == 6 and 0 <= evaluation["upper_colour"] <= 1
     # a longer run continues from the step-2 checkpoint instead of starting again
     done = subprocess.run(common + ["--part", "base", "--set", "base.unet_steps=4"], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
@@ -105,3 +108,14 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
     unet_steps = [row["step"] for row in (json.loads(x) for x in (work / "base" / "log.jsonl").read_text().splitlines())
                   if row["stage"] == "unet"]
     assert unet_steps.count(0) == 1, "the resumed run did not repeat step 0"
+    refine_steps = [row["step"] for row in (json.loads(x) for x in (work / "base" / "log.jsonl").read_text().splitlines())
+                    if row["stage"] == "refine"]
+    assert refine_steps.count(0) == 2, "refine started from new first-phase weights, so it must start again"
+    # init_from: only the refine phase, from a finished folder
+    done = subprocess.run(common + ["--part", "base", "--work", str(tmp_path / "work2"), "--out", str(tmp_path / "a2"),
+                                    "--set", f"base.init_from={out / 'toy-base'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = {json.loads(x)["stage"] for x in (tmp_path / "work2" / "base" / "log.jsonl").read_text().splitlines()}
+    assert stages == {"refine"}
+    assert load_pipeline(PipelineConfig(path=str(tmp_path / "a2" / "toy-base"))).unet is not None

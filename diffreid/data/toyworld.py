@@ -108,10 +108,15 @@ def _choice(rng: np.random.Generator, options: Sequence[str], weights: Sequence[
     return str(options[int(rng.choice(len(options), p=p))])
 
 
-def sample_identity(rng: np.random.Generator, pid: int = 0) -> Identity:
-    """Draw one person; colours follow crowd-like skewed frequencies so identities often share them."""
+def sample_identity(rng: np.random.Generator, pid: int = 0, uniform_colours: bool = False) -> Identity:
+    """Draw one person; colours follow crowd-like skewed frequencies so identities often share them
+    (``uniform_colours``: every clothing colour equally often, as a web-scale image collection would show)."""
     v, w = ATTRIBUTE_VOCAB, _WEIGHTS
-    upper = _choice(rng, list(UPPER_COLOUR_WEIGHTS), list(UPPER_COLOUR_WEIGHTS.values()))
+
+    def colour(weights: dict[str, float]) -> str:
+        return _choice(rng, list(weights), None if uniform_colours else list(weights.values()))
+
+    upper = colour(UPPER_COLOUR_WEIGHTS)
     pattern_colour = _choice(rng, [c for c in v["pattern_colour"] if c != upper])
     bag_type = _choice(rng, v["bag_type"], w["bag_type"])
     return Identity(
@@ -120,9 +125,9 @@ def sample_identity(rng: np.random.Generator, pid: int = 0) -> Identity:
         upper_pattern=_choice(rng, v["upper_pattern"], w["upper_pattern"]),
         pattern_colour=pattern_colour,
         sleeve=_choice(rng, v["sleeve"], w["sleeve"]),
-        lower_colour=_choice(rng, list(LOWER_COLOUR_WEIGHTS), list(LOWER_COLOUR_WEIGHTS.values())),
+        lower_colour=colour(LOWER_COLOUR_WEIGHTS),
         lower_type=_choice(rng, v["lower_type"], w["lower_type"]),
-        shoes_colour=_choice(rng, list(SHOES_COLOUR_WEIGHTS), list(SHOES_COLOUR_WEIGHTS.values())),
+        shoes_colour=colour(SHOES_COLOUR_WEIGHTS),
         bag_type=bag_type,
         bag_colour=_choice(rng, v["bag_colour"]) if bag_type != "none" else "none",
         hair_colour=_choice(rng, v["hair_colour"], w["hair_colour"]),

@@ -44,11 +44,14 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
                  title: str = "Diff-Person report", out: str | Path | None = None,
                  lead_tables: Mapping[str, Any] | None = None, lead_images: Mapping[str, Path] | None = None,
                  notes: list[str] | None = None) -> Path:
-    """Write ``out`` (default ``root/report.html``) with ``lead_tables``/``lead_images``/``notes`` first (e.g. the
-    study's results), then the summary, identity-distribution curve, score histograms, sample
-    grids, verify result, skipped identities (passed here and/or recorded by the writer) and ``extra_tables``
-    (heading → DataFrame, e.g. the fine-tune results). All text is HTML-escaped."""
+    """Write ``out`` (default ``root/report.html``): the identity-fidelity table when ``root/fidelity.json``
+    exists, then ``notes``/``lead_tables``/``lead_images`` (e.g. the study's results), then the summary,
+    identity-distribution curve, score histograms, sample grids, verify result, skipped identities (passed here
+    and/or recorded by the writer) and ``extra_tables`` (heading → DataFrame, e.g. the fine-tune results). All
+    text is HTML-escaped."""
     import pandas as pd
+
+    from diffreid.diffperson.fidelity import fidelity_note, fidelity_rows, read_fidelity
 
     root = Path(root)
     out = Path(out) if out is not None else root / "report.html"
@@ -64,6 +67,13 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="note">{html.escape(str(root.resolve()))} · written '
              f"{html.escape(dt.datetime.now().isoformat(timespec='seconds'))}</p>"]
+    fidelity = read_fidelity(root)
+    if fidelity is not None:
+        parts += ["<h2>Identity fidelity of the generated images</h2>",
+                  f'<p class="note">{html.escape(fidelity_note(fidelity))} Identity accuracy: the nearest real '
+                  "identity is the claimed one; attributes: the toy attribute predictor reads the identity's true "
+                  "value. All figures: <code>diffreid data fidelity</code>, README.</p>",
+                  _table(pd.DataFrame(fidelity_rows(fidelity)))]
     parts += [f'<p>{html.escape(n)}</p>' for n in notes or []]
     for heading, df in (lead_tables or {}).items():
         table = df if isinstance(df, pd.DataFrame) else pd.DataFrame(df)

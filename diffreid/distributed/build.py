@@ -4,7 +4,9 @@
                                        captions, shared reference sets, all cached under OUT
     [shared_lora_ti] train_shared      one Ray task: the shared adapter, trained once
     identities ──map_batches(GeneratorActor pool)──> generated images ──map_batches(ScorerActor pool)──>
-    scored images ──driver──> write_identity (atomic per identity) ──> finish_build
+    scored images ──driver──> write_identity (atomic per identity)
+    measure_build_fidelity             one Ray task (the generators' resources): reader model + figures
+    finish_build                       the driver: manifest merge, report
 
 OUT must be storage every node sees (NFS/EFS/Filestore/a local folder on one machine): actors read the plan's
 files from it and the driver writes the dataset into it. Re-submitting the same job resumes: the plan is
@@ -20,8 +22,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from diffreid.build import (BuildConfig, BuildPlan, IdentityGenerator, finish_build, open_writer, pending_jobs,
-                            prepare_build, write_identity)
+from diffreid.build import (BuildConfig, BuildPlan, IdentityGenerator, finish_build, measure_build_fidelity,
+                            open_writer, pending_jobs, prepare_build, write_identity)
 from diffreid.config import StageConfig
 
 
@@ -156,6 +158,10 @@ def build_diff_person_ray(cfg: RayBuildJobConfig, out_dir: str | Path, progress:
         finally:
             data_ctx.enable_progress_bars = own_bars
         timings["stream_s"] = time.time() - t1
+    if cfg.fidelity.enabled:
+        t1 = time.time()
+        ray.get(ray.remote(**task)(measure_build_fidelity).remote(cfg, plan))
+        timings["fidelity_s"] = time.time() - t1
     timings["total_s"] = time.time() - t0
     timings["identities_generated"] = len(todo)
     return finish_build(cfg, plan, timings)

@@ -52,6 +52,7 @@ def run_all(config_path: str | Path, out_dir: str | Path, overrides: list[str] |
     """Run the three stages of the RunAllConfig at ``config_path`` into ``out_dir``; returns OUT/report.html.
     ``overrides``: STAGE.FIELD=VALUE strings; ``address``: a Ray cluster (default: RAY_ADDRESS, else a new
     local loopback cluster)."""
+    from diffreid.build import source_root
     from diffreid.config import format_validation_error
     from diffreid.data import load_dataset
     from diffreid.distributed.build import RayBuildJobConfig, build_diff_person_ray
@@ -100,7 +101,7 @@ def run_all(config_path: str | Path, out_dir: str | Path, overrides: list[str] |
     # 3. fine-tune + evaluate, the new backbone beside the config's own inits
     src = build_cfg.sources[0]
     target = data["finetune_eval"].get("target") or {
-        "name": src.dataset, "root": src.root or str(report.parent / "sources" / src.name)}
+        "name": src.dataset, "root": str(source_root(src, report.parent))}
     inits = {**data["finetune_eval"].get("inits", {"random": None}),
              "diffperson": str(pretrain_out / "backbone.safetensors")}
     ft_cfg = validate(FinetuneEvalConfig, "finetune_eval", {"target": target, "inits": inits})
@@ -121,7 +122,8 @@ def stage(title: str) -> None:
 
 def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float], ft_cfg,
                      pretrain_images: int) -> Path:
-    """OUT/report.html: the results table first, then the Diff-Person report's sections."""
+    """OUT/report.html: the build's identity fidelity (when measured) and the results table first, then the
+    Diff-Person report's sections."""
     from diffreid.diffperson.report import write_report
     from diffreid.reid.finetune import summarise
 

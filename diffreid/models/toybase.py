@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from diffreid.config import StageConfig
 from diffreid.data.toyworld import VIEWS, Identity, describe, make_camera, render_person, sample_identity
@@ -39,6 +41,31 @@ class ToyPoolConfig(StageConfig):
     height: int = Field(64, description="the demo's 64x32 resolution")
     width: int = Field(32, description="2:1 person aspect")
     seed: int = Field(12345, description="pool identities and frames derive from it")
+    uniform_colours: bool = Field(False, description="every clothing colour equally often (True) or the evaluation "
+                                                     "worlds' crowd frequencies, where red/yellow/green are rare")
+
+
+class PromptFollowingConfig(StageConfig):
+    """How the finished model's prompt following is measured (by the toy captioner)."""
+
+    per_prompt: int = Field(12, ge=1, description="6 colour pairs x 12 = 72 samples")
+    steps: int = Field(20, ge=1, description="the demo sampler's DDIM steps")
+    guidance: float = Field(7.0, ge=1, description="the demo sampler's guidance")
+    seed: int = Field(0, description="sample seeds derive from it")
+
+
+class RefinePhase(StageConfig):
+    """Second UNet + text-encoder phase: a fresh optimiser from the first phase's EMA weights, min-SNR loss."""
+
+    steps: int = Field(1200, ge=1, description="~40 min on 2 cores at batch 64")
+    lr: float = Field(3e-4, gt=0, description="half the first phase's peak: the weights are already trained")
+    warmup_steps: int = Field(50, ge=0, description="a fresh AdamW needs a few steps to estimate its moments")
+    snr_gamma: float | None = Field(5.0, gt=0, description="min-SNR-gamma loss weights (Hang et al. 2023, gamma 5): "
+                                                           "more weight on the noisy steps that set colour and layout")
+    ema_decay: float = Field(0.995, ge=0, lt=1, description="an EMA over ~200 steps: less lag than the first phase's")
+    pool: ToyPoolConfig = Field(default_factory=lambda: ToyPoolConfig(seed=23456, uniform_colours=True),
+                                description="new pool people, every colour equally often: the crowd-frequency "
+                                            "pool left rare colours (yellow, green) unlearnt")
 
 
 class ToyBaseConfig(StageConfig):
@@ -63,8 +90,21 @@ class ToyBaseConfig(StageConfig):
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable checkpoints")
     sample_every: int = Field(500, ge=1, description="steps between sample grids (progress you can see)")
     sample_steps: int = Field(25, ge=1, description="DDIM steps of the sample grids (probe setting)")
+    eval: PromptFollowingConfig = Field(default_factory=PromptFollowingConfig,
+                                        description="prompt following of the result, at the demo's settings")
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
     seed: int = Field(0, description="weights, batches and noise derive from it")
+    refine: RefinePhase | None = Field(default_factory=lambda: RefinePhase(),
+                                       description="a second phase from the first phase's EMA weights: measured "
+                                                   "to lift prompt following (None = first phase only)")
+    init_from: str | None = Field(None, description="a finished first-phase toy-base folder: skip the VAE and "
+                                                    "first UNet phase and run only `refine` from its weights")
+
+    @model_validator(mode="after")
+    def _init_needs_refine(self):
+        if self.init_from is not None and self.refine is None:
+            raise ValueError("init_from is set but refine is None: nothing would be trained")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -93,7 +133,7 @@ def caption_words(samples: int = 3000, seed: int = 0) -> list[str]:
 # the pool
 # ----------------------------------------------------------------------------------------------------------
 def pool_identities(cfg: ToyPoolConfig) -> list[Identity]:
-    return [sample_identity(np.random.default_rng([cfg.seed, pid]), pid)
+    return [sample_identity(np.random.default_rng([cfg.seed, pid]), pid, uniform_colours=cfg.uniform_colours)
             for pid in range(cfg.pid_offset + 1, cfg.pid_offset + 1 + cfg.ids)]
 
 
@@ -156,11 +196,34 @@ def build_models(cfg: ToyBaseConfig, tokenizer):
     return vae, unet, text_encoder, scheduler
 
 
-def lr_at(step: int, cfg: ToyBaseConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.unet_lr * (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.unet_steps - cfg.warmup_steps)
-    return cfg.unet_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+@dataclass(frozen=True)
+class UnetPhase:
+    """One UNet + text-encoder training phase: its own optimiser, schedule, loss weighting and checkpoint."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup_steps: int
+    ema_decay: float
+    snr_gamma: float | None
+    seed: int
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 10% of the peak."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        t = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        return self.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def unet_phases(cfg: ToyBaseConfig) -> list[UnetPhase]:
+    phases = []
+    if cfg.init_from is None:
+        phases.append(UnetPhase("unet", cfg.unet_steps, cfg.unet_lr, cfg.warmup_steps, cfg.ema_decay, None, cfg.seed))
+    if cfg.refine is not None:
+        r = cfg.refine
+        phases.append(UnetPhase("refine", r.steps, r.lr, r.warmup_steps, r.ema_decay, r.snr_gamma, cfg.seed + 1))
+    return phases
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,21 +289,28 @@ def encode_pool(vae, images: np.ndarray, batch: int = 256):
     return torch.cat(out)
 
 
-def train_unet(cfg: ToyBaseConfig, unet, text_encoder, tokenizer, scheduler_config, latents, captions: list[str],
-               work: Path, log, on_sample=None):
-    """Train UNet + text encoder on cached latents (resumable). Returns the EMA state dicts."""
+def train_unet(phase: UnetPhase, batch: int, uncond_prob: float, checkpoint_every: int, unet, text_encoder,
+               tokenizer, scheduler_config, latents, captions: list[str], work: Path, log, on_sample=None,
+               sample_every: int = 0, origin: str = ""):
+    """Train UNet + text encoder on cached latents for one phase (resumable; ``work/<phase>-ckpt.pt``).
+    Starts from the modules' current weights with a fresh optimiser; returns the phase's EMA state dicts.
+    ``origin`` names those starting weights: a checkpoint made from other ones is not resumed."""
     import torch
     from diffusers import DDPMScheduler
     from tqdm import tqdm
 
     noise_sched = DDPMScheduler.from_config(scheduler_config)
+    alphas = noise_sched.alphas_cumprod
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=phase.lr, weight_decay=1e-2)
     ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
            "text": {k: v.detach().clone() for k, v in text_encoder.state_dict().items()}}
-    ckpt = work / "unet-ckpt.pt"
+    ckpt = work / ("unet-ckpt.pt" if phase.name == "unet" else f"{phase.name}-ckpt.pt")
     start = 0
     state = _load_state(ckpt)
+    if state is not None and state["meta"].get("origin", "") != origin:
+        print(f"{ckpt}: started from other weights ({state['meta'].get('origin')!r}); training {phase.name} anew")
+        state = None
     if state is not None:
         unet.load_state_dict(state["tensors"]["unet"])
         text_encoder.load_state_dict(state["tensors"]["text"])
@@ -251,30 +321,35 @@ def train_unet(cfg: ToyBaseConfig, unet, text_encoder, tokenizer, scheduler_conf
                     return_tensors="pt").input_ids
     empty = ids[-1]
     ids = ids[:-1]
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(phase.seed)
     unet.train()
     text_encoder.train()
-    bar = tqdm(range(start, cfg.unet_steps), desc="unet", unit="step", initial=start, total=cfg.unet_steps)
+    bar = tqdm(range(start, phase.steps), desc=phase.name, unit="step", initial=start, total=phase.steps)
     for step in bar:
-        gen.manual_seed(cfg.seed * 1_000_003 + step)  # batch/noise of a step do not depend on resuming
-        pick = torch.randint(len(latents), (cfg.unet_batch,), generator=gen)
+        gen.manual_seed(phase.seed * 1_000_003 + step)  # batch/noise of a step do not depend on resuming
+        pick = torch.randint(len(latents), (batch,), generator=gen)
         x0 = latents[pick]
         tok = ids[pick].clone()
-        drop = torch.rand(cfg.unet_batch, generator=gen) < cfg.uncond_prob
+        drop = torch.rand(batch, generator=gen) < uncond_prob
         tok[drop] = empty
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.unet_batch,), generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
         cond = text_encoder(tok).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        if phase.snr_gamma is not None:
+            snr = alphas[t] / (1 - alphas[t])
+            per_sample = per_sample * torch.clamp(snr, max=phase.snr_gamma) / snr
+        loss = per_sample.mean()
+        lr = phase.lr_at(step)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        decay = min(phase.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for name, module in (("unet", unet), ("text", text_encoder)):
                 for k, v in module.state_dict().items():
@@ -284,12 +359,12 @@ def train_unet(cfg: ToyBaseConfig, unet, text_encoder, tokenizer, scheduler_conf
                         ema[name][k].copy_(v)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-            log({"stage": "unet", "step": step, "loss": loss.item(), "lr": lr_at(step, cfg)})
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            log({"stage": phase.name, "step": step, "loss": loss.item(), "lr": lr})
+        if (step + 1) % checkpoint_every == 0 or step + 1 == phase.steps:
             _save_state(ckpt, {"unet": unet.state_dict(), "text": text_encoder.state_dict(), "ema_unet": ema["unet"],
-                               "ema_text": ema["text"], "opt": opt.state_dict()}, {"step": step + 1})
-        if on_sample is not None and (step + 1) % cfg.sample_every == 0 and step + 1 < cfg.unet_steps:
-            on_sample(step + 1, ema)
+                               "ema_text": ema["text"], "opt": opt.state_dict()}, {"step": step + 1, "origin": origin})
+        if on_sample is not None and sample_every and (step + 1) % sample_every == 0 and step + 1 < phase.steps:
+            on_sample(f"{phase.name}-{step + 1:05d}", ema)
     return ema
 
 
@@ -347,6 +422,7 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
     ``render_pool(cfg.pool)``'s result when the caller already rendered it."""
     import torch
 
+    from diffreid.models.assets import resolve_model_path
     from diffreid.models.tiny import build_tokenizer
 
     if cfg.threads:
@@ -361,39 +437,88 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
         with open(log_path, "a") as f:
             f.write(json.dumps({**row, "time_s": round(time.time() - t_start, 1)}) + "\n")
 
-    tokenizer = build_tokenizer(work / "tokenizer", words=caption_words())
-    images, owners, views = pool if pool is not None else render_pool(cfg.pool)
     rng = np.random.default_rng(cfg.seed)
-    captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
-    vae, unet, text_encoder, scheduler = build_models(cfg, tokenizer)
-
-    t0 = time.time()
-    scaling = train_vae(cfg, vae, images, work, log)
-    vae_s = time.time() - t0
+    seconds: dict[str, float] = {}
+    if cfg.init_from is None:
+        images, owners, views = pool if pool is not None else render_pool(cfg.pool)
+        captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
+        tokenizer = build_tokenizer(work / "tokenizer", words=caption_words())
+        vae, unet, text_encoder, scheduler = build_models(cfg, tokenizer)
+        t0 = time.time()
+        scaling = train_vae(cfg, vae, images, work, log)
+        seconds["vae"] = round(time.time() - t0, 1)
+    else:
+        vae, unet, text_encoder, tokenizer, scheduler, scaling, seconds = load_first_phase(cfg.init_from)
     vae.eval().requires_grad_(False)
-    latents = encode_pool(vae, images) * scaling
+    latents = encode_pool(vae, images) * scaling if cfg.init_from is None else None
 
-    def on_sample(step, ema):
+    def on_sample(tag, ema):
         pipe = assemble_pipeline(cfg, vae, unet, text_encoder, tokenizer, scheduler, scaling, ema)
-        sample_grid(pipe, work / f"samples-{step:05d}.png", steps=cfg.sample_steps)
+        sample_grid(pipe, work / f"samples-{tag}.png", steps=cfg.sample_steps)
 
-    t0 = time.time()
-    ema = train_unet(cfg, unet, text_encoder, tokenizer, scheduler.config, latents, captions, work, log, on_sample)
-    unet_s = time.time() - t0
+    ema, pool_images = None, {}
+    origin = "" if cfg.init_from is None else f"init_from={Path(resolve_model_path(cfg.init_from)).resolve()}"
+    for phase in unet_phases(cfg):
+        if ema is not None:  # each phase starts from the previous phase's EMA weights
+            unet.load_state_dict(ema["unet"])
+            text_encoder.load_state_dict(ema["text"])
+        if phase.name == "refine" and (cfg.refine.pool != cfg.pool or latents is None):
+            images, owners, views = render_pool(cfg.refine.pool)
+            pick = np.random.default_rng(cfg.refine.pool.seed)
+            captions = [training_caption(o, v if pick.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
+            latents = encode_pool(vae, images) * scaling
+            origin = json.dumps([origin, cfg.refine.pool.model_dump(mode="json")], sort_keys=True)
+        t0 = time.time()
+        ema = train_unet(phase, cfg.unet_batch, cfg.uncond_prob, cfg.checkpoint_every, unet, text_encoder, tokenizer,
+                         scheduler.config, latents, captions, work, log, on_sample, cfg.sample_every, origin)
+        seconds[phase.name] = round(time.time() - t0, 1)
+        pool_images[phase.name] = int(len(latents))
+        origin = json.dumps([origin, dataclasses.asdict(phase)], sort_keys=True)
     pipe = assemble_pipeline(cfg, vae, unet, text_encoder, tokenizer, scheduler, scaling, ema)
     with atomic_dir(out, replace=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         atomic_write_json(tmp / "diffreid_toy_base.json", {
-            "config": cfg.model_dump(mode="json"), "scaling_factor": scaling,
-            "train_seconds": {"vae": round(vae_s, 1), "unet": round(unet_s, 1)}, "pool_images": int(len(images))})
+            "config": cfg.model_dump(mode="json"), "scaling_factor": scaling, "train_seconds": seconds,
+            "pool_images": pool_images})
     rows = sample_grid(pipe, work / "samples-final.png", steps=cfg.sample_steps)
     plot_losses(log_path, work / "loss.png")
     shutil.copy(work / "samples-final.png", out / "samples.png")
-    result = {"vae_seconds": vae_s, "unet_seconds": unet_s, "scaling_factor": scaling, "out": str(out)}
+    result = {"train_seconds": seconds, "scaling_factor": scaling, "out": str(out)}
     if captioner is not None:
-        result["prompt_following"] = prompt_following(captioner, rows)
+        result["prompt_following"] = measure_prompt_following(pipe, captioner, cfg.eval)
         atomic_write_json(out / "diffreid_toy_base_eval.json", result["prompt_following"])
     return result
+
+
+def load_first_phase(folder: str):
+    """(vae, unet, text encoder, tokenizer, scheduler, scaling, train seconds) of a saved toy-base folder."""
+    from diffusers import StableDiffusionPipeline
+
+    from diffreid.models.assets import resolve_model_path
+
+    path = Path(resolve_model_path(folder))
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"init_from={folder!r}: {path} is not a diffusers pipeline folder")
+    pipe = StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False,
+                                                   local_files_only=True)
+    record = path / "diffreid_toy_base.json"
+    seconds = json.loads(record.read_text()).get("train_seconds", {}) if record.is_file() else {}
+    return (pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer, pipe.scheduler,
+            float(pipe.vae.config.scaling_factor), dict(seconds))
+
+
+def measure_prompt_following(pipe, captioner, cfg: PromptFollowingConfig) -> dict:
+    """Prompt following at the demo's sampling settings: SAMPLE_PROMPTS x ``per_prompt`` seeded samples."""
+    import torch
+
+    rows = []
+    for r, (upper, lower) in enumerate(SAMPLE_PROMPTS):
+        gens = [torch.Generator().manual_seed(cfg.seed + 100 * r + k) for k in range(cfg.per_prompt)]
+        rows.append(pipe([sample_prompt(upper, lower)] * cfg.per_prompt, num_inference_steps=cfg.steps,
+                         guidance_scale=cfg.guidance, generator=gens,
+                         height=pipe.unet.config.sample_size[0] * pipe.vae_scale_factor,
+                         width=pipe.unet.config.sample_size[1] * pipe.vae_scale_factor).images)
+    return {**prompt_following(captioner, rows), "steps": cfg.steps, "guidance": cfg.guidance}
 
 
 def prompt_following(captioner, rows) -> dict:
@@ -416,10 +541,13 @@ def plot_losses(log_path: Path, out: Path) -> Path:
 
     rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, stage, key in ((axes[0], "vae", "mse"), (axes[1], "unet", "loss")):
-        pts = [(r["step"], r[key]) for r in rows if r["stage"] == stage and key in r]
+    offset = max((r["step"] + 1 for r in rows if r["stage"] == "unet"), default=0)
+    for ax, stages, key in ((axes[0], ("vae",), "mse"), (axes[1], ("unet", "refine"), "loss")):
+        pts = [(r["step"] + (offset if r["stage"] == "refine" else 0), r[key])
+               for r in rows if r["stage"] in stages and key in r]
         if not pts:
             continue
+        stage = "+".join(s for s in stages if any(r["stage"] == s for r in rows))
         steps, values = map(np.asarray, zip(*pts))
         ax.plot(steps, values, alpha=0.3, color="C0")
         k = min(10, len(values))
