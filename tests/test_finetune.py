@@ -73,4 +73,19 @@ def test_results_table_has_every_setting_and_init(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "random mAP/R1" in md and "pretrained mAP/R1" in md and "| fs | 50 |" in md
     assert pd.read_csv(tmp_path / "out" / "results.csv").shape[0] == 8
-    assert (tmp_path / "out" / "results.png").stat().st_size > 5000
+    assert not (tmp_path / "out" / "results.png").exists(), "one p% point per setting: no curve to draw"
+
+
+def test_results_plot_draws_only_settings_with_a_curve(tmp_path):
+    from diffreid.reid.finetune import METRIC_COLUMNS, write_results
+
+    rows = [{"setting": setting, "percent": percent, "init": init, "seed": 0,
+             **{m: 0.1 * percent / 100 for m in METRIC_COLUMNS}}
+            for setting, percents in (("fs", (10, 30)), ("ss", (50,)), ("supervised", (100,)))
+            for percent in percents for init in ("random", "diffperson")]
+    files = write_results(pd.DataFrame(rows), tmp_path)
+    assert files["png"].stat().st_size > 5000
+    from PIL import Image
+
+    with Image.open(files["png"]) as im:
+        assert im.width < 1.2 * im.height * 4.5 / 3.5, "one panel (fs); the one-point ss panel is left out"

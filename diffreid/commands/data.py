@@ -85,8 +85,8 @@ def run_stats(args) -> int:
         print(json.dumps(plots["stats"], indent=2))
     else:
         print(format_stats(plots["stats"], root))
-        print(f"  plots: {plots['identity_distribution']}, {len(plots['histograms'])} histograms, "
-              f"{len(plots['grids'])} sample grids in {out}")
+        curve = plots["identity_distribution"] or "no identity curve (every identity has the same count)"
+        print(f"  plots: {curve}, {len(plots['histograms'])} histograms, {len(plots['grids'])} sample grids in {out}")
     return 0
 
 

@@ -21,7 +21,7 @@ table { border-collapse: collapse; margin: .5em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: .3em 0; }
-.ok { color: #1a7f37; } .bad { color: #b42318; } .note { color: #666; font-size: .9em; }
+.headline { font-size: 1.1em; } .ok { color: #1a7f37; } .bad { color: #b42318; } .note { color: #666; font-size: .9em; }
 """
 
 
@@ -43,9 +43,9 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
                  skipped_identities: list[dict] | None = None, max_identities: int = 8,
                  title: str = "Diff-Person report", out: str | Path | None = None,
                  lead_tables: Mapping[str, Any] | None = None, lead_images: Mapping[str, Path] | None = None,
-                 notes: list[str] | None = None) -> Path:
-    """Write ``out`` (default ``root/report.html``): the identity-fidelity table when ``root/fidelity.json``
-    exists, then ``notes``/``lead_tables``/``lead_images`` (e.g. the study's results), then the summary,
+                 notes: list[str] | None = None, headline: str | None = None) -> Path:
+    """Write ``out`` (default ``root/report.html``): ``headline`` (one sentence: the answer), the
+    identity-fidelity table when ``root/fidelity.json`` exists, then ``notes``/``lead_tables``/``lead_images`` (e.g. the study's results), then the summary,
     identity-distribution curve, score histograms, sample grids, verify result, skipped identities (passed here
     and/or recorded by the writer) and ``extra_tables`` (heading → DataFrame, e.g. the fine-tune results). All
     text is HTML-escaped."""
@@ -67,6 +67,8 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="note">{html.escape(str(root.resolve()))} · written '
              f"{html.escape(dt.datetime.now().isoformat(timespec='seconds'))}</p>"]
+    if headline:
+        parts.append(f'<p class="headline"><b>{html.escape(headline)}</b></p>')
     fidelity = read_fidelity(root)
     if fidelity is not None:
         parts += ["<h2>Identity fidelity of the generated images</h2>",
@@ -100,9 +102,10 @@ def write_report(root: str | Path, extra_tables: Mapping[str, Any] | None = None
     if not check.ok:
         parts.append(f"<pre>{html.escape(check.format())}</pre>")
 
-    parts += ["<h2>Identity distribution</h2>",
-              '<p class="note">A point (X, Y): Y% of identities have fewer than X images (paper Fig. 5).</p>',
-              _img(plots["identity_distribution"], page_dir, "identity distribution")]
+    if plots["identity_distribution"] is not None:
+        parts += ["<h2>Identity distribution</h2>",
+                  '<p class="note">A point (X, Y): Y% of identities have fewer than X images (paper Fig. 5).</p>',
+                  _img(plots["identity_distribution"], page_dir, "identity distribution")]
     if plots["histograms"]:
         parts.append("<h2>Filter score histograms</h2>")
         parts += [_img(p, page_dir, p.stem) for p in plots["histograms"]]

@@ -204,9 +204,9 @@ def sample_grid(source_images: Sequence[Any], kept: Sequence[tuple[Any, Mapping[
 
 
 def _pick(root: Path, frame, cols: list[str], n: int) -> list[tuple[Path, dict[str, float]]]:
-    """The ``n`` written images of ``frame`` with the highest first score, with all their scores."""
+    """The ``n`` written images of ``frame`` with the highest score, each with that one score (``cols[0]``)."""
     frame = frame[frame["file"] != ""].sort_values(cols[:1] or ["index"], ascending=False, kind="stable").head(n)
-    return [(root / row["file"], {c.removeprefix("score_"): float(row[c]) for c in cols})
+    return [(root / row["file"], {c.removeprefix("score_"): float(row[c]) for c in cols[:1]})
             for _, row in frame.iterrows()]
 
 
@@ -240,10 +240,12 @@ def write_plots(root: str | Path, out_dir: str | Path, max_identities: int = 8) 
     s = stats(root)
     meta = json.loads((root / META).read_text())
     df = read_manifest(root)
-    curve = identity_distribution_plot(
-        {"Diff-Person (kept)": list(s["counts"].values()),
-         "generated (before filter)": list(s["generated_counts"].values())},
-        out_dir / "identity_distribution.png")
+    kept, generated = list(s["counts"].values()), list(s["generated_counts"].values())
+    # every identity with the same count draws one step: a curve only when the counts differ
+    curve = None
+    if len(set(kept)) > 1 or len(set(generated)) > 1:
+        curve = identity_distribution_plot({"Diff-Person (kept)": kept, "generated (before filter)": generated},
+                                           out_dir / "identity_distribution.png")
     return {
         "stats": s,
         "identity_distribution": curve,

@@ -141,7 +141,32 @@ def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float]
                      "and the filter can cost more images than it is worth: `--set build.filter.threshold=0` keeps "
                      "every generated image (the README's demo section has both runs measured), and `make reproduce` "
                      "adds them to the source's real images (docs/reproduce-RESULTS.md).")
+    curves = out / "finetune" / "results.png"
     return write_report(diff_person, out=out / "report.html", title="diffreid run: Diff-Person → pre-training → "
-                        "fine-tune", lead_tables={"Results (fine-tune on the target)": table, "Stage times": times},
-                        lead_images={"mAP by setting": out / "finetune" / "results.png"}, notes=notes)
+                        "fine-tune", headline=headline(summary),
+                        lead_tables={"Results (fine-tune on the target)": table, "Stage times": times},
+                        lead_images={"mAP by setting": curves} if curves.is_file() else None, notes=notes)
+
+
+def headline(summary, init: str = "diffperson", baseline: str = "random") -> str:
+    """One sentence: did pre-training on the generated data help, by how much, per setting (mAP, ± std over
+    fine-tune seeds)."""
+    parts = []
+    for (setting, percent), part in summary.groupby(["setting", "percent"], sort=False):
+        rows = {r["init"]: r for _, r in part.iterrows()}
+        if init not in rows or baseline not in rows:
+            continue
+        new, old = rows[init], rows[baseline]
+        delta = 100 * (new["mAP"] - old["mAP"])
+        spread = (lambda r: f" ± {100 * r['mAP_std']:.1f}" if r["seeds"] > 1 else "")
+        name = setting if setting in ("supervised", "cross_domain") else f"{setting.capitalize()} {percent}%"
+        parts.append(f"{name}: mAP {100 * new['mAP']:.1f}{spread(new)} vs {100 * old['mAP']:.1f}{spread(old)} "
+                     f"({delta:+.1f}, {int(new['seeds'])} fine-tune seed{'s' * (new['seeds'] > 1)})")
+    if not parts:
+        return f"No setting compares {init} with {baseline} initialisation."
+    gains = [float(p.split("(")[1].split(",")[0]) for p in parts]
+    verdict = ("Pre-training on the generated images helped" if min(gains) > 0 else
+               "Pre-training on the generated images did not help" if max(gains) <= 0 else
+               "Pre-training on the generated images helped in some settings")
+    return f"{verdict}: " + "; ".join(parts) + f" ({init} vs {baseline} initialisation)."
 

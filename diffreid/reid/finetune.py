@@ -159,8 +159,14 @@ def write_results(df, out_dir: str | Path) -> dict[str, Path]:
     summary = summarise(df)
     atomic_write_text(out / "results.csv", summary.to_csv(index=False))
     atomic_write_text(out / "results.md", to_markdown(summary))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, setting in zip(axes, ("fs", "ss")):
+    # a curve needs two p% points: a one-point panel or an empty one carries no information
+    curves = [st for st in ("fs", "ss") if summary.loc[summary["setting"] == st, "percent"].nunique() >= 2]
+    png = out / "results.png"
+    if not curves:
+        png.unlink(missing_ok=True)
+        return {k: out / f"results.{k}" for k in ("csv", "md")}
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+    for ax, setting in zip(axes[0], curves):
         part = summary[summary["setting"] == setting]
         for init, curve in part.groupby("init", sort=False):
             ax.errorbar(curve["percent"], 100 * curve["mAP"], yerr=100 * curve["mAP_std"], marker="o", label=init,
@@ -168,10 +174,9 @@ def write_results(df, out_dir: str | Path) -> dict[str, Path]:
         ax.set(title={"fs": "few-shot (Fs): p% images per id", "ss": "small-scale (Ss): p% of ids"}[setting],
                xlabel="p (%)", ylabel="mAP (%)")
         ax.grid(alpha=0.3)
-        if len(part):
-            ax.legend()
+        ax.legend()
     fig.tight_layout()
-    with atomic_path(out / "results.png") as tmp:
+    with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return {k: out / f"results.{k}" for k in ("csv", "md", "png")}
