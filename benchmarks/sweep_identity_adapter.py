@@ -22,13 +22,12 @@ KEYS = ("upper_colour", "lower_colour", "lower_type", "sleeve")
 
 SETTINGS: dict[str, dict] = {
     "prompt only (no adapter)": {"adapter.steps": 0},
-    "demo v1: rank 8, 100 steps, lr 3e-3": {},
-    "rank 4, 100 steps, lr 1e-3": {"adapter.rank": 4, "adapter.alpha": 4, "adapter.lr": 1e-3},
+    "rank 8, 100 steps, lr 3e-3 (demo v1)": {},
     "rank 8, 100 steps, lr 1e-3": {"adapter.lr": 1e-3},
+    "rank 8, 100 steps, lr 1e-3, text-encoder LoRA": {"adapter.lr": 1e-3, "adapter.train_text_encoder": True},
     "rank 8, 200 steps, lr 1e-3": {"adapter.lr": 1e-3, "adapter.steps": 200},
-    "+ text-encoder LoRA": {"adapter.lr": 1e-3, "adapter.train_text_encoder": True},
-    "rank 8, lr 1e-3, LoRA scale 0.7": {"adapter.lr": 1e-3, "sampler.lora_scale": 0.7},
-    "rank 8, lr 1e-3, prior weight 0.3": {"adapter.lr": 1e-3, "adapter.prior_loss_weight": 0.3},
+    "rank 4, 100 steps, lr 3e-3, prior weight 0.3": {"adapter.rank": 4, "adapter.alpha": 4,
+                                                      "adapter.prior_loss_weight": 0.3},
 }
 
 
