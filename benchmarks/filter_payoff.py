@@ -34,7 +34,9 @@ def main(argv=None) -> int:
     demo = Path(args.demo_out)
     dp = demo / "diff-person"
     preset = read_yaml(args.preset)
-    build = BuildConfig.load(dp / "build_config.yaml")
+    build_data = read_yaml(dp / "build_config.yaml")
+    build_data.pop("ray", None)  # a Ray build records its actor settings beside the build's own fields
+    build = BuildConfig.model_validate(build_data)
     df = read_manifest(dp)
     gen = df[df["origin"] == "generated"].reset_index(drop=True)
 
