@@ -393,18 +393,25 @@ def sample_prompt(upper: str, lower: str) -> str:
     return f"a photo of person, a person with short black hair wearing a {upper} shirt, {lower} trousers, black shoes"
 
 
-def sample_grid(pipe, path: Path, per_prompt: int = 6, steps: int = 25, guidance: float = 4.0, seed: int = 0):
-    """Rows: SAMPLE_PROMPTS (shirt/trousers colours); returns the images per row."""
+def sample_rows(pipe, per_prompt: int, steps: int, guidance: float, seed: int = 0) -> list[list]:
+    """One row of seeded samples per SAMPLE_PROMPTS pair (shirt/trousers colours)."""
     import torch
-    from PIL import Image
 
     rows = []
     for r, (upper, lower) in enumerate(SAMPLE_PROMPTS):
         gens = [torch.Generator().manual_seed(seed + 100 * r + k) for k in range(per_prompt)]
-        out = pipe([sample_prompt(upper, lower)] * per_prompt, num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens, height=pipe.unet.config.sample_size[0] * pipe.vae_scale_factor,
-                   width=pipe.unet.config.sample_size[1] * pipe.vae_scale_factor).images
-        rows.append(out)
+        rows.append(pipe([sample_prompt(upper, lower)] * per_prompt, num_inference_steps=steps,
+                         guidance_scale=guidance, generator=gens,
+                         height=pipe.unet.config.sample_size[0] * pipe.vae_scale_factor,
+                         width=pipe.unet.config.sample_size[1] * pipe.vae_scale_factor).images)
+    return rows
+
+
+def sample_grid(pipe, path: Path, per_prompt: int = 6, steps: int = 25, guidance: float = 4.0, seed: int = 0):
+    """Rows: SAMPLE_PROMPTS (shirt/trousers colours); returns the images per row."""
+    from PIL import Image
+
+    rows = sample_rows(pipe, per_prompt, steps, guidance, seed)
     w, h = rows[0][0].size
     grid = Image.new("RGB", (w * per_prompt, h * len(rows)))
     for r, row in enumerate(rows):
@@ -480,7 +487,7 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
         atomic_write_json(tmp / "diffreid_toy_base.json", {
             "config": cfg.model_dump(mode="json"), "scaling_factor": scaling, "train_seconds": seconds,
             "pool_images": pool_images})
-    rows = sample_grid(pipe, work / "samples-final.png", steps=cfg.sample_steps)
+    sample_grid(pipe, work / "samples-final.png", steps=cfg.sample_steps)
     plot_losses(log_path, work / "loss.png")
     shutil.copy(work / "samples-final.png", out / "samples.png")
     result = {"train_seconds": seconds, "scaling_factor": scaling, "out": str(out)}
@@ -509,15 +516,7 @@ def load_first_phase(folder: str):
 
 def measure_prompt_following(pipe, captioner, cfg: PromptFollowingConfig) -> dict:
     """Prompt following at the demo's sampling settings: SAMPLE_PROMPTS x ``per_prompt`` seeded samples."""
-    import torch
-
-    rows = []
-    for r, (upper, lower) in enumerate(SAMPLE_PROMPTS):
-        gens = [torch.Generator().manual_seed(cfg.seed + 100 * r + k) for k in range(cfg.per_prompt)]
-        rows.append(pipe([sample_prompt(upper, lower)] * cfg.per_prompt, num_inference_steps=cfg.steps,
-                         guidance_scale=cfg.guidance, generator=gens,
-                         height=pipe.unet.config.sample_size[0] * pipe.vae_scale_factor,
-                         width=pipe.unet.config.sample_size[1] * pipe.vae_scale_factor).images)
+    rows = sample_rows(pipe, cfg.per_prompt, cfg.steps, cfg.guidance, cfg.seed)
     return {**prompt_following(captioner, rows), "steps": cfg.steps, "guidance": cfg.guidance}
 
 
