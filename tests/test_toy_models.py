@@ -86,10 +86,13 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
     out, work = tmp_path / "assets", tmp_path / "work"
     common = [sys.executable, "-m", "ray_jobs.train_toy_base", "--out", str(out), "--work", str(work),
               "--set", "base.pool.ids=6", "--set", "base.pool.images_per_id=4", "--set", "base.vae_steps=2",
-              "--set", "base.unet_batch=4", "--set", "base.vae_batch=4", "--set", "base.sample_steps=1",
-              "--set", "base.checkpoint_every=2", "--set", "base.sample_every=100", "--set", "captioner.steps=2",
+              "--set", "base.unet_pool.ids=6", "--set", "base.unet_pool.images_per_id=4",
+              "--set", "base.unet_batch=4", "--set", "base.vae_batch=4",
+              "--set", "base.checkpoint_every=2", "--set", "base.sample_every=1", "--set", "captioner.steps=2",
               "--set", "captioner.batch=8", "--set", "base.threads=1",
-              "--set", "base.refine.steps=2", "--set", "base.eval.per_prompt=1", "--set", "base.eval.steps=1"]
+              "--set", "base.refine.steps=2", "--set", "base.refine.pool.ids=6",
+              "--set", "base.refine.pool.images_per_id=4", "--set", "base.eval.per_prompt=1",
+              "--set", "base.eval.steps=1"]
     done = subprocess.run(common + ["--set", "base.unet_steps=2"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -99,6 +102,8 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
     assert (out / "toy-base" / "samples.png").is_file()
     log = [json.loads(line) for line in (work / "base" / "log.jsonl").read_text().splitlines()]
     assert {"vae", "unet", "refine"} <= {row["stage"] for row in log}
+    checks = [row for row in log if row["stage"] == "eval"]  # prompt following measured while training
+    assert checks and all(row["images"] == 24 and 0 <= row["upper_colour"] <= 1 for row in checks)
     evaluation = json.loads((out / "toy-base" / "diffreid_toy_base_eval.json").read_text())
     assert evaluation["images"] == 6 and 0 <= evaluation["upper_colour"] <= 1
     # a longer run continues from the step-2 checkpoint instead of starting again
