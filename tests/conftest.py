@@ -99,3 +99,26 @@ def ray_client(ray_cluster):
     if not ray.is_initialized():
         ray.init(address=ray_cluster["address"], log_to_driver=False)
     yield ray_cluster
+
+
+def _folder_snapshot(folder: Path) -> dict:
+    return {str(f.relative_to(folder)): (f.stat().st_size, f.stat().st_mtime_ns)
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """The tiny SD-1.x pipeline folder (``diffreid models tiny`` defaults: seed 0, 64x32), built once per session
+    and shared by every test module that needs it (building it costs seconds; loading it well under one).
+
+    Shared read-only: a test that changes a pipeline (adapters, tokens, schedulers) changes its own loaded copy
+    (``load_pipeline`` in a module- or function-scoped fixture), never this folder. The teardown checks that
+    no file in it was added, removed or rewritten, so a test that writes here fails instead of silently
+    leaking into the modules after it."""
+    from diffreid.models.tiny import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0, sample_height=64,
+                                 sample_width=32)
+    before = _folder_snapshot(folder)
+    yield folder
+    assert _folder_snapshot(folder) == before, f"a test wrote into the shared tiny pipeline folder {folder}"

@@ -22,7 +22,6 @@ from diffreid.generation.prompts import (
 )
 from diffreid.generation.refset import RefSetConfig, generate_reference_set, reference_set_dir
 from diffreid.models import PipelineConfig, load_pipeline
-from diffreid.models.tiny import build_tiny_pipeline
 
 torch.set_num_threads(2)
 
@@ -43,9 +42,9 @@ def crops(n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    folder = build_tiny_pipeline(tmp_path_factory.mktemp("lpe") / "tiny-sd")
-    return load_pipeline(PipelineConfig(path=str(folder), runtime={"device": "auto"}))
+def tiny_pipe(tiny_pipeline_dir):
+    # this module's own loaded copy of the shared folder: a test below adds and deletes a LoRA on it
+    return load_pipeline(PipelineConfig(path=str(tiny_pipeline_dir), runtime={"device": "auto"}))
 
 
 @pytest.fixture(scope="module")

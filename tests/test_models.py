@@ -14,8 +14,24 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_pipeline(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+def tiny_dir(tiny_pipeline_dir):
+    return tiny_pipeline_dir
+
+
+def unet_from_tiny_config(sample_size):
+    """The UNet ``TINY_CONFIG`` describes, built here from the config alone (not through ``build_tiny_pipeline``),
+    with shapes only (meta device: no weights are allocated or initialised)."""
+    from diffusers import UNet2DConditionModel
+
+    c = TINY_CONFIG
+    with torch.device("meta"):
+        return UNet2DConditionModel(
+            sample_size=sample_size, in_channels=c["latent_channels"], out_channels=c["latent_channels"],
+            block_out_channels=c["unet_block_out_channels"], layers_per_block=c["unet_layers_per_block"],
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=c["cross_attention_dim"], attention_head_dim=c["attention_head_dim"],
+            norm_num_groups=32)
 
 
 def generate(pipe, seed=0, steps=2):
@@ -59,7 +75,14 @@ def test_load_pipeline_and_stock_from_pretrained_agree(tiny_dir):
     assert pipe.safety_checker is None
     assert isinstance(pipe.scheduler, DDIMScheduler)
     assert pipe.vae_scale_factor == TINY_CONFIG["vae_scale_factor"]
-    assert 0.5e6 < sum(p.numel() for p in pipe.unet.parameters()) < 2e6
+    # the saved UNet is exactly the one TINY_CONFIG describes: every parameter, its shape, so its size
+    reference = unet_from_tiny_config(pipe.unet.config.sample_size)
+    shapes = {name: tuple(p.shape) for name, p in pipe.unet.named_parameters()}
+    assert shapes == {name: tuple(p.shape) for name, p in reference.named_parameters()}
+    assert sum(p.numel() for p in pipe.unet.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert pipe.unet.config.block_out_channels == list(TINY_CONFIG["unet_block_out_channels"])
+    assert pipe.unet.config.cross_attention_dim == TINY_CONFIG["cross_attention_dim"]
+    assert pipe.text_encoder.config.hidden_size == TINY_CONFIG["text_hidden_size"]
     ours = generate(pipe)
     assert ours.shape == (1, 64, 32, 3)
     assert np.isfinite(ours).all() and ours.std() > 0.01

@@ -9,14 +9,13 @@ from diffreid.generation.adapters import AdapterConfig, load_identity_adapter, t
 from diffreid.generation.sampler import (SamplerConfig, diverse_prompt, image_seed, regenerate,
                                          sample_identity as sample_images)
 from diffreid.models import PipelineConfig, load_pipeline
-from diffreid.models.tiny import build_tiny_pipeline
 
 
 @pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
+def pipe(tiny_pipeline_dir):
+    # this module's own loaded copy of the shared folder: a test below loads an adapter into it
     torch.set_num_threads(1)
-    folder = build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe")
-    return load_pipeline(PipelineConfig(path=str(folder), runtime={"device": "cpu"}))
+    return load_pipeline(PipelineConfig(path=str(tiny_pipeline_dir), runtime={"device": "cpu"}))
 
 
 def scfg(**fields):

@@ -1,6 +1,5 @@
 """The augmentation service, tested as a real Serve application on 127.0.0.1 over real HTTP (tiny model, CPU)."""
 import io
-import os
 import struct
 import subprocess
 import time

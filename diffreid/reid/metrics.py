@@ -1,6 +1,6 @@
 """Re-ID evaluation: Market protocol (CMC, mAP, mINP), CUHK03 classic, distances, k-reciprocal re-ranking.
 
-numpy only. Conventions (DESIGN.md, "Evaluation"):
+numpy only. Conventions (the Market-1501 protocol as fast-reid and torchreid implement it):
 
 - a smaller distance means more similar; the ranking of a query is the stable ascending order of its
   row (equal distances keep gallery order), so results never depend on sort instability;
