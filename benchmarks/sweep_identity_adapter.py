@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     import torch
     import yaml
 
-    from diffreid.build import IdentityGenerator, load_base_pipeline, prepare_build, source_root
+    from diffreid.build import IdentityGenerator, load_base_pipeline, prepare_build
+    from diffreid.data.sources import source_root
     from diffreid.data.toyworld import read_attributes
     from diffreid.generation.toy_captioner import ToyCaptioner
     from diffreid.models.assets import resolve_model_path
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
     captioner = ToyCaptioner(resolve_model_path("diffreid:toy-captioner"))
     pipe = load_base_pipeline(first, plan)
     jobs = plan.jobs[:args.ids]
-    print(f"| setting | upper colour | lower colour | lower type | sleeve | all four | s/identity |")
+    print("| setting | upper colour | lower colour | lower type | sleeve | all four | s/identity |")
     print("|---|---|---|---|---|---|---|")
     for name, overrides in SETTINGS.items():
         if args.only and not any(o in name for o in args.only):
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
                 images = [g.image for g in sample_identity(pipe, None, identity_prompt(cfg, plan.captions[job.pid],
                                                                                        job.pid), job.pid, cfg.sampler)]
             else:
+                gen.train_adapter(job)
                 images = gen.generate(job).images
             row = truth.loc[job.source_pid]
             for attrs in captioner.predict(images):

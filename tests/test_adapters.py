@@ -10,22 +10,23 @@ from diffreid.config import ConfigError
 from diffreid.data.toyworld import render_identity_images, sample_identity
 from diffreid.generation.adapters import (AdapterConfig, AdapterError, activate, deactivate, delete_adapter,
                                           load_identity_adapter, loaded_adapters, prior_preservation_loss,
-                                          timestep_weights, train_identity_adapter, train_shared_lora_ti)
+                                          read_adapter_meta, timestep_weights, train_identity_adapter,
+                                          train_shared_lora_ti, train_shared_lora_ti_per_image)
 from diffreid.generation.sampler import SamplerConfig, sample_mixed
 from diffreid.models import PipelineConfig, load_pipeline
-from diffreid.models.tiny import build_tiny_pipeline
 
 ID_PROMPT, REF_PROMPT = "a photo of sks person", "a photo of person"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
+def tiny_dir(tiny_pipeline_dir):
     torch.set_num_threads(1)
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipe")
+    return tiny_pipeline_dir
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_dir):
+    # this module's own loaded copy of the shared folder: the tests load, activate and delete adapters on it
     return load_pipeline(PipelineConfig(path=str(tiny_dir), runtime={"device": "cpu"}))
 
 
@@ -209,3 +210,27 @@ def test_shared_lora_ti_trains_many_ids_and_samples_a_mixed_batch(pipe, people, 
     assert np.abs(np.asarray(out[0].image, float) - np.asarray(out[1].image, float)).max() > 0
     delete_adapter(pipe, "shared")
     assert len(pipe.tokenizer) == vocab_size and np.array_equal(render(pipe), before)
+
+
+def test_shared_lora_ti_takes_one_prompt_per_image(pipe, people, tmp_path):
+    c = cfg(mode="shared_lora_ti", steps=2, lr=1e-2, prior_loss_weight=0)
+    images, pids = people[0][:2] + people[1][:2], [3, 3, 12, 12]
+    prompts = [f"a {m} photo of {c.token(pid)} person" for m, pid in zip(["visible", "infrared"] * 2, pids)]
+    with pytest.raises(AdapterError, match="3 prompts for 4 images"):
+        train_shared_lora_ti_per_image(pipe, images, prompts[:3], pids, c, tmp_path / "x")
+    with pytest.raises(AdapterError, match="3 pids for 4 images"):
+        train_shared_lora_ti_per_image(pipe, images, prompts, pids[:3], c, tmp_path / "x")
+    with pytest.raises(AdapterError, match="lacks '<id-0012>'"):
+        train_shared_lora_ti_per_image(pipe, images, prompts[:2] + prompts[:2], pids, c, tmp_path / "x")
+    with pytest.raises(ConfigError, match="needs mode=shared_lora_ti"):
+        train_shared_lora_ti_per_image(pipe, images, prompts, pids, cfg(steps=2), tmp_path / "x")
+
+    r = train_shared_lora_ti_per_image(pipe, images, prompts, pids, c, tmp_path / "per_image", adapter_name="vi")
+    assert r.tokens == {3: "<id-0003>", 12: "<id-0012>"} and len(r.losses) == 2
+    assert read_adapter_meta(r.dir)["prompts"]["instance"] == sorted(prompts)
+
+    # the per-identity API is the same run: one template prompt per image, same fingerprint
+    by_id = train_shared_lora_ti(pipe, {3: (images[:2], "red"), 12: (images[2:], "blue")}, c, tmp_path / "by_id")
+    flat = [f"a photo of {c.token(pid)} person, {cap}" for pid, cap in zip(pids, ["red", "red", "blue", "blue"])]
+    again = train_shared_lora_ti_per_image(pipe, images, flat, pids, c, tmp_path / "by_id")
+    assert again.seconds == 0.0 and again.losses == by_id.losses and again.tokens == by_id.tokens

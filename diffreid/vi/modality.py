@@ -62,23 +62,16 @@ def training_images(vi_records: Sequence[ImageRecord], rgb_records: dict[int, Se
 
 def train_modality_adapter(pipe, images: Sequence[TrainImage], cfg: AdapterConfig, out_dir: str | Path,
                            name: str = "modality", on_step=None) -> AdapterResult:
-    """Train the shared LoRA + one token per pid on ``images``, each with its own prompt.
-
-    ``train_shared_lora_ti`` takes one caption per identity; a VI identity needs one prompt per image (its
-    modality and camera words), so this feeds the same trainer (its image set, DiVE job and loop) per-image
-    prompts. Resumable and idempotent like every adapter run."""
-    from diffreid.generation.adapters import train as adapter_train
+    """Train the shared LoRA + one token per pid on ``images``, each with its own prompt (its modality and
+    camera words). Resumable and idempotent like every adapter run."""
+    from diffreid.generation.adapters import train_shared_lora_ti_per_image
 
     if cfg.mode != "shared_lora_ti":
         raise ConfigError(f"adapter.mode={cfg.mode!r}: the modality adapter needs shared_lora_ti")
     if not images:
         raise ConfigError("the modality adapter has no training images")
-    pids = sorted({im.pid for im in images})
-    loaded = adapter_train.load_images([im.path for im in images], "modality adapter images")
-    instance = adapter_train._ImageSet(loaded, [im.prompt for im in images], cfg)
-    extra = {"tokens": {cfg.token(pid): pid for pid in pids}, "prompts": {"instance": instance.prompts, "reference": []}}
-    return adapter_train._train(pipe, lambda: adapter_train._SharedLoraTIJob(pipe, cfg, pids), cfg, Path(out_dir),
-                                instance, None, name, extra, on_step)
+    return train_shared_lora_ti_per_image(pipe, [im.path for im in images], [im.prompt for im in images],
+                                          [im.pid for im in images], cfg, out_dir, adapter_name=name, on_step=on_step)
 
 
 def generate(pipe, adapter: str, pids: Sequence[int], tokens: dict[int, str], modality: str, cams: Sequence[int],

@@ -5,11 +5,13 @@ from diffreid.generation.adapters.loss import prior_preservation_loss, timestep_
 from diffreid.generation.adapters.store import (AdapterError, LoadedAdapter, activate, active_adapter, deactivate,
                                                 delete_adapter, load_identity_adapter, loaded_adapters,
                                                 read_adapter_meta)
-from diffreid.generation.adapters.train import AdapterResult, train_identity_adapter, train_shared_lora_ti
+from diffreid.generation.adapters.train import (AdapterResult, train_identity_adapter, train_shared_lora_ti,
+                                                train_shared_lora_ti_per_image)
 
 __all__ = [
     "MODE_DEFAULTS", "AdapterConfig", "AdapterError", "AdapterResult", "LoadedAdapter", "activate",
     "active_adapter", "check_person_aspect", "check_resolution", "deactivate", "delete_adapter",
     "load_identity_adapter", "loaded_adapters", "prior_preservation_loss", "read_adapter_meta",
-    "timestep_weights", "train_identity_adapter", "train_shared_lora_ti", "training_target",
+    "timestep_weights", "train_identity_adapter", "train_shared_lora_ti", "train_shared_lora_ti_per_image",
+    "training_target",
 ]

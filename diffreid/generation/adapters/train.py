@@ -3,6 +3,8 @@
 All three modes run the same loop: cached VAE latents, DDPM noising, eq. 1 (identity images with the IIR
 prompt + lambda x attribute-reference images with the token-less prompt), seeded, checkpointed and resumable.
 The resident pipeline is left as it was found: training adapters are removed, a DreamBooth run trains a copy.
+Public entry points: train_identity_adapter (lora, dreambooth), train_shared_lora_ti (a caption per identity)
+and train_shared_lora_ti_per_image (a prompt and pid per image); the rest is private to this module.
 """
 from __future__ import annotations
 
@@ -527,7 +529,8 @@ def train_shared_lora_ti(pipe, identities: dict[int, tuple[Sequence[ImageLike], 
                          on_step: StepCallback | None = None) -> AdapterResult:
     """DiVE: one LoRA for all ``identities`` ({pid: (images, caption)}) + one learned token per pid.
 
-    Each pid's prompt is ``template`` with its token (``cfg.token_template``); batches mix identities."""
+    Each pid's prompt is ``template`` with its token (``cfg.token_template``); batches mix identities.
+    For one prompt per image, call ``train_shared_lora_ti_per_image``."""
     from diffreid.generation.prompts import fill
 
     if cfg.mode != "shared_lora_ti":
@@ -536,19 +539,45 @@ def train_shared_lora_ti(pipe, identities: dict[int, tuple[Sequence[ImageLike], 
         raise AdapterError("identities is empty: give {pid: (images, caption)}")
     if "{token}" not in template:
         raise AdapterError(f"template {template!r} must contain {{token}}")
-    images, prompts, pids = [], [], sorted(identities)
-    for pid in pids:
+    images, prompts, pids = [], [], []
+    for pid in sorted(identities):
         pid_images, caption = identities[pid]
         loaded = load_images(pid_images, f"identity {pid} images")
         if not loaded:
             raise AdapterError(f"identity {pid} has no images")
         images += loaded
         prompts += [fill(template, token=cfg.token(pid), caption=" ".join(caption.split()))] * len(loaded)
+        pids += [pid] * len(loaded)
+    return train_shared_lora_ti_per_image(pipe, images, prompts, pids, cfg, out_dir, ref_images=ref_images,
+                                          ref_prompt=ref_prompt, adapter_name=adapter_name, on_step=on_step)
+
+
+def train_shared_lora_ti_per_image(pipe, instance_images: Sequence[ImageLike], instance_prompt: str | Sequence[str],
+                                   pids: Sequence[int], cfg: AdapterConfig, out_dir: str | Path,
+                                   ref_images: Sequence[ImageLike] | None = None,
+                                   ref_prompt: str | Sequence[str] | None = None, adapter_name: str = "shared",
+                                   on_step: StepCallback | None = None) -> AdapterResult:
+    """DiVE with one prompt per image: ``instance_images[i]`` shows identity ``pids[i]`` and its prompt holds
+    that pid's token (``cfg.token``). One LoRA + one learned token per distinct pid; image order is kept."""
+    # 1. inputs
+    if cfg.mode != "shared_lora_ti":
+        raise ConfigError(f"mode={cfg.mode!r}: train_shared_lora_ti_per_image needs mode=shared_lora_ti")
+    images = load_images(instance_images, "instance_images")
+    if not images:
+        raise AdapterError("instance_images is empty: a shared adapter needs at least one image")
+    prompts = _as_list(instance_prompt, len(images), "instance_prompt")
+    pids = [int(pid) for pid in pids]
+    if len(pids) != len(images):
+        raise AdapterError(f"pids: {len(pids)} pids for {len(images)} images; give one pid per image")
+    for pid, prompt in zip(pids, prompts):
+        if cfg.token(pid) not in prompt:
+            raise AdapterError(f"instance_prompt {prompt!r} lacks {cfg.token(pid)!r}, the token of its pid {pid}")
+
+    # 2. train
     inst = _ImageSet(images, prompts, cfg)
     ref = _reference_set(ref_images, ref_prompt, cfg)
-    tokens = [cfg.token(pid) for pid in pids]
-
-    factory = lambda: _SharedLoraTIJob(pipe, cfg, pids)  # noqa: E731
-    extra = {"tokens": dict(zip(tokens, pids)), "prompts": {"instance": inst.prompts,
-                                                             "reference": ref.prompts if ref else []}}
-    return _train(pipe, factory, cfg, Path(out_dir), inst, ref, adapter_name, extra, on_step)
+    ids = sorted(set(pids))
+    extra = {"tokens": {cfg.token(pid): pid for pid in ids},
+             "prompts": {"instance": inst.prompts, "reference": ref.prompts if ref else []}}
+    return _train(pipe, lambda: _SharedLoraTIJob(pipe, cfg, ids), cfg, Path(out_dir), inst, ref, adapter_name, extra,
+                  on_step)
