@@ -3,7 +3,7 @@ generated images of the same size, and on all of them; fine-tune each (and rando
 
     python benchmarks/filter_payoff.py OUT_OF_DIFFREID_DEMO [--seeds 0 1 2]
 
-Uses the build's own config (OUT/diff-person/build_config.yaml), the preset's pretrain and finetune_eval
+Uses the build's own config (OUT/diff-person/config.yaml), the preset's pretrain and finetune_eval
 sections (--preset, default diffreid/configs/demo.yaml) and the library's in-process stages. Prints
 one markdown table: pre-training set, images, Fs 30% mAP mean ± std over fine-tune seeds.
 """
@@ -24,8 +24,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default=str(REPO / "diffreid" / "configs" / "demo.yaml"))
     args = p.parse_args(argv)
 
-    from diffreid.build import BuildConfig, source_root
-    from diffreid.config import read_yaml
+    from diffreid.build import BuildConfig
+    from diffreid.data.sources import source_root
+    from diffreid.config import read_yaml, resolved_config
     from diffreid.data.types import ImageRecord
     from diffreid.diffperson.manifest import read_manifest
     from diffreid.reid.finetune import FinetuneEvalConfig, run_finetune_eval, summarise
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     demo = Path(args.demo_out)
     dp = demo / "diff-person"
     preset = read_yaml(args.preset)
-    build_data = read_yaml(dp / "build_config.yaml")
+    build_data = read_yaml(resolved_config(dp))
     build_data.pop("ray", None)  # a Ray build records its actor settings beside the build's own fields
     build = BuildConfig.model_validate(build_data)
     df = read_manifest(dp)

@@ -8,6 +8,7 @@ without re-implementing any of it:
     scorer = IdentityScorer(cfg, plan)        # holds the Re-ID model + FAISS galleries
     with open_writer(cfg, plan) as writer:    # Market layout + manifest, atomic, resumable per identity
         for job in pending_jobs(plan, writer):
+            gen.train_adapter(job)            # trained (or found finished), then sampled
             batch = gen.generate(job)
             write_identity(writer, job, batch, scorer.score(job, batch.images))
     measure_build_fidelity(cfg, plan)         # identity fidelity of the generated images -> OUT/fidelity.json
@@ -23,8 +24,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from diffreid.config import ConfigError, RuntimeConfig, StageConfig
-from diffreid.data.toyworld import ToyWorldConfig
+from diffreid.config import RESOLVED_CONFIG, ConfigError, RuntimeConfig, StageConfig, apply_overrides, fill_runtime
+from diffreid.data.sources import SourceConfig, load_source
 from diffreid.diffperson.fidelity import FidelityConfig
 from diffreid.diffperson.writer import DiffPersonWriter, WriterConfig
 from diffreid.filtering.base import FilterConfig
@@ -34,24 +35,7 @@ from diffreid.generation.refset import RefSetConfig
 from diffreid.generation.sampler import SamplerConfig
 from diffreid.io import atomic_write_json
 from diffreid.models.pipeline import PipelineConfig
-from diffreid.reid.train import ReIDTrainConfig
-
-
-class SourceConfig(StageConfig):
-    name: str = Field("source", pattern=r"^[\w.-]+$", description="source_dataset label in the manifest and pid map")
-    dataset: str = Field("market_layout", description="reader name for diffreid.data.load_dataset")
-    root: str | None = Field(None, description="dataset folder; None with `toyworld` set renders one into OUT")
-    reader_options: dict[str, Any] = Field(default_factory=dict, description="passed to the reader")
-    toyworld: ToyWorldConfig | None = Field(None, description="render this toy world as the source")
-    pids: list[int] | None = Field(None, description="only these source identities (None = all train ids)")
-    max_identities: int | None = Field(None, ge=1, description="first N identities in pid order (None = all)")
-    min_images: int = Field(4, ge=1, description="fewer real images cannot teach an adapter an identity")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.root is None and self.toyworld is None:
-            raise ValueError("set either root (a dataset folder) or toyworld (render one)")
-        return self
+from diffreid.reid.train import ReIDTrainConfig, ensure_reid_model
 
 
 class BuildConfig(StageConfig):
@@ -71,19 +55,30 @@ class BuildConfig(StageConfig):
                                      description="identity fidelity measured at the end of the build "
                                                  "(OUT/fidelity.json, first table of the report)")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
-                                   description="copied into every stage so one line moves the build to cuda")
+                                   description="every part without its own runtime gets this one: one line moves the build to cuda")
 
     @model_validator(mode="after")
     def _one_runtime(self):
-        for stage in (self.base_model, self.lpe, self.adapter, self.filter_reid, self.fidelity.reader):
-            if stage.runtime != self.runtime:
-                object.__setattr__(stage, "runtime", self.runtime)
+        fill_runtime(self.runtime, (self.base_model, self.lpe, self.adapter, self.filter_reid, self.fidelity.reader))
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"sources: names must be unique, got {names}")
         if not self.tiny_base_model and not self.base_model.path:
             raise ValueError("base_model.path is empty: give an SD-1.x folder/hub id or set tiny_base_model: true")
         return self
+
+
+class BuildTemplate(BuildConfig):
+    """A BuildConfig inside a composed job (the study), which sets the sources itself."""
+
+    sources: list[SourceConfig] = Field(default_factory=list, description="empty: the composing job sets them")
+    base_model: PipelineConfig = Field(default_factory=lambda: PipelineConfig(path="diffreid:toy-base"),
+                                       description="the shipped toy base: the study runs in the toy world")
+
+    def complete(self, overrides: list[str] = (), where: str = "build", **fields) -> BuildConfig:
+        """The stage config: ``overrides`` (dotted KEY=VALUE) applied, then the job's fields (sources) set."""
+        data = apply_overrides(self.model_dump(mode="json"), list(overrides), where)
+        return BuildConfig.validated({**data, **fields}, where)
 
 
 @dataclass
@@ -129,7 +124,7 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / "build_config.yaml")
+    cfg.to_yaml(out / RESOLVED_CONFIG)
 
     base_path = cfg.base_model.path
     if cfg.tiny_base_model:
@@ -178,57 +173,9 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
     return plan
 
 
-def source_root(src: SourceConfig, out_dir: str | Path) -> Path:
-    """The source's dataset folder: ``root``, or its toy world rendered into OUT/sources/NAME (once: rendering
-    an existing world with the same config is a no-op)."""
-    from diffreid.data.toyworld import render_world
-
-    if src.root:
-        return Path(src.root)
-    return render_world(src.toyworld, Path(out_dir) / "sources" / src.name)
-
-
-def load_source(src: SourceConfig, out_dir: str | Path):
-    """``(root, dataset)`` of a source, its train split without unreadable images (warned about, not fatal)."""
-    from diffreid.data import load_dataset
-
-    root = source_root(src, out_dir)
-    dataset = load_dataset(src.dataset, root, **src.reader_options)
-    train = [r for r in dataset.train if readable_image(r.path)]
-    if len(train) < len(dataset.train):
-        bad = sorted({r.path for r in dataset.train} - {r.path for r in train})
-        warnings.warn(f"source {src.name}: skipped {len(bad)} unreadable or corrupt image(s), e.g. {bad[:3]}",
-                      stacklevel=3)
-    dataset.train = train
-    return root, dataset
-
-
-def readable_image(path: str) -> bool:
-    """True when the file decodes as an image (corrupt or truncated files are skipped, not fatal)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-        return True
-    except Exception:  # PIL raises many types for bad files: any of them means "skip this file"
-        return False
-
-
 def ensure_filter_model(cfg: BuildConfig, train_records, folder: Path, progress: bool) -> Path:
     """The source's Re-ID model for Re-ID CTF, trained once with the project's BoT trainer."""
     return ensure_reid_model(cfg.filter_reid, train_records, folder, progress)
-
-
-def ensure_reid_model(train_cfg: ReIDTrainConfig, train_records, folder: Path, progress: bool) -> Path:
-    """A Re-ID model in ``folder``: the one already there (``reid_model.json`` is written last), else trained
-    with the project's BoT trainer (the filter's model; the fidelity reader)."""
-    from diffreid.reid.train import train_reid
-
-    if (Path(folder) / "reid_model.json").is_file():
-        return Path(folder)
-    train_reid(train_cfg, train_records, out_dir=folder, progress=progress)
-    return Path(folder)
 
 
 def caption_all(cfg: BuildConfig, plan: BuildPlan) -> dict[int, str]:
@@ -319,6 +266,15 @@ class IdentityGenerator:
         load_identity_adapter(self.pipe, folder, name)
         return name
 
+    def trained_dir(self, job: IdentityJob) -> Path:
+        """The identity's finished adapter folder; never trains (``train_adapter`` does, before sampling)."""
+        from diffreid.generation.adapters.store import ADAPTER_JSON, AdapterError
+
+        folder = self.adapter_dir(job)
+        if not (folder / ADAPTER_JSON).is_file():
+            raise AdapterError(f"{folder} holds no finished adapter for pid {job.pid}: call train_adapter first")
+        return folder
+
     def release(self, name: str) -> None:
         from diffreid.generation.adapters import delete_adapter
 
@@ -326,10 +282,11 @@ class IdentityGenerator:
             delete_adapter(self.pipe, name)
 
     def generate(self, job: IdentityJob, keep_loaded: bool = False) -> GeneratedBatch:
+        """Sample the identity from the adapter ``train_adapter`` trained."""
         from diffreid.generation.sampler import sample_identity
 
         t0 = time.time()
-        folder = self.train_adapter(job)
+        folder = self.trained_dir(job)
         name = self.ensure_loaded(job, folder)
         prompt = identity_prompt(self.cfg, self.plan.captions[job.pid], job.pid)
         generated = sample_identity(self.pipe, name, prompt, job.pid, self.cfg.sampler)
@@ -341,11 +298,12 @@ class IdentityGenerator:
 
 
     def generate_many(self, jobs: list[IdentityJob], adapter_name: str | None = None) -> list[GeneratedBatch]:
-        """shared_lora_ti: one sampling run over several identities whose batches mix them."""
+        """shared_lora_ti: one sampling run over several identities whose batches mix them (adapter trained
+        beforehand by ``train_shared``, or already loaded as ``adapter_name``)."""
         from diffreid.generation.sampler import sample_mixed
 
         t0 = time.time()
-        name = adapter_name or self.ensure_loaded(jobs[0], self.train_adapter(jobs[0]))
+        name = adapter_name or self.ensure_loaded(jobs[0], self.trained_dir(jobs[0]))
         prompts = {j.pid: identity_prompt(self.cfg, self.plan.captions[j.pid], j.pid) for j in jobs}
         generated = sample_mixed(self.pipe, list(prompts.items()), self.cfg.sampler, adapter=name)
         rel = str(self.adapter_dir(jobs[0]).relative_to(self.plan.out))
@@ -440,6 +398,8 @@ def build_diff_person(cfg: BuildConfig, out_dir: str | Path, progress: bool = Tr
         groups = [todo[i:i + 4] for i in range(0, len(todo), 4)] if shared else [[job] for job in todo]
         with open_writer(cfg, plan) as writer, tqdm(total=len(todo), desc="identities", disable=not progress) as bar:
             for group in groups:
+                if not shared:
+                    generator.train_adapter(group[0])
                 batches = generator.generate_many(group) if shared else [generator.generate(group[0])]
                 for job, batch in zip(group, batches):
                     scores, kept = scorer.score(job.source, job.source_pid, batch.images)

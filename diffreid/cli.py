@@ -6,23 +6,28 @@ import argparse
 import importlib
 import sys
 
-# (module, one-line summary) in the order a newcomer meets them
+from diffreid.errors import DiffreidError
+
+# (module, one-line summary) in the order a newcomer meets them; a stage's summary comes from diffreid/stages.py
 COMMANDS = [
     ("demo", "run the whole pipeline on the embedded toy world and print the results"),
     ("toyworld", "render a procedural toy pedestrian world in Market-1501 layout"),
     ("models", "make model folders (e.g. a tiny offline diffusers pipeline)"),
-    ("build", "build a Diff-Person dataset: prompts -> adapters -> samples -> filter -> write"),
+    ("check", "validate a config file of any stage (follows _BASE_ and included files) and print it resolved"),
+    ("build", None),
     ("data", "inspect Re-ID datasets: verify a Diff-Person folder, print stats, measure identity fidelity"),
-    ("train", "train a BoT-style Re-ID model on a dataset and evaluate it"),
-    ("pretrain", "pre-train a backbone on a Diff-Person (or Market-layout) dataset"),
-    ("finetune_eval", "fine-tune and evaluate in the paper's settings (supervised, Fs, Ss, cross-domain)"),
+    ("train", None),
+    ("pretrain", None),
+    ("finetune_eval", None),
+    ("run_all", None),
+    ("reproduce", None),
     ("serve", "start the augmentation HTTP service on a local Ray"),
     ("augment", "client: upload crops of a person to the service and download synthetic images"),
-    ("vi_expand", "DiVE: expand an RGB dataset with identity-preserving infrared images"),
+    ("vi_expand", None),
 ]
 
 
-class CommandError(RuntimeError):
+class CommandError(DiffreidError, RuntimeError):
     """A user-facing failure: printed as one clear line, exit code 2, no traceback."""
 
 
@@ -37,7 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"diffreid {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from diffreid.stages import STAGES
+
     for module, summary in COMMANDS:
+        summary = summary or STAGES[module].summary
         try:
             mod = importlib.import_module(f"diffreid.commands.{module}")
         except ModuleNotFoundError as err:
@@ -55,12 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from diffreid.config import ConfigError
-    from diffreid.data.types import DatasetError
-
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ConfigError, DatasetError, FileNotFoundError) as err:
+    except (DiffreidError, FileNotFoundError) as err:
         print(f"diffreid {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

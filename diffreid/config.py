@@ -11,14 +11,27 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from diffreid.errors import DiffreidError
+
 T = TypeVar("T", bound="StageConfig")
 
 DeviceName = Literal["cpu", "cuda", "auto"]
 DTypeName = Literal["fp32", "fp16", "bf16"]
 
 
-class ConfigError(ValueError):
+class ConfigError(DiffreidError, ValueError):
     """A config file or override is invalid; the message names the file and field."""
+
+
+RESOLVED_CONFIG = "config.yaml"  # every stage writes its resolved config as OUT/config.yaml before any work
+
+
+def resolved_config(out: str | Path) -> Path | None:
+    """A stage output's resolved config (``build_config.yaml``: builds made before the name was one)."""
+    for name in (RESOLVED_CONFIG, "build_config.yaml"):
+        if (Path(out) / name).is_file():
+            return Path(out) / name
+    return None
 
 
 class StageConfig(BaseModel):
@@ -31,14 +44,15 @@ class StageConfig(BaseModel):
         data: dict[str, Any] = {}
         source = "<defaults>"
         if path is not None:
-            data = read_yaml(path)
+            data = resolve_includes(cls, read_yaml(path), Path(path).parent)
             source = str(path)
-        for item in overrides or []:
-            key, sep, raw = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"override {item!r}: expected the form key.sub=value")
-            set_dotted(data, key, yaml.safe_load(raw))
+        apply_overrides(data, overrides or [])
         data.update(fields)
+        return cls.validated(data, source)
+
+    @classmethod
+    def validated(cls: type[T], data: dict[str, Any], source: str) -> T:
+        """``model_validate`` whose errors are one ConfigError listing every field, dotted, with ``source``."""
         try:
             return cls.model_validate(data)
         except ValidationError as err:
@@ -60,11 +74,51 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p}: expected a mapping at the top level, got {type(data).__name__}")
+    return merge_base(data, p.parent)
+
+
+def merge_base(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """The one `_BASE_` rule: `_BASE_: FILE` (relative to ``base_dir``) gives the fields ``data`` overrides."""
     base = data.pop("_BASE_", None)
-    if base:
-        merged = read_yaml(p.parent / base)
-        deep_update(merged, data)
-        data = merged
+    if not base:
+        return data
+    merged = read_yaml(Path(base_dir) / base)
+    deep_update(merged, data)
+    return merged
+
+
+def resolve_includes(model: type[BaseModel], data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A sub-config given as a YAML path (``pretrain: toy-pretrain.yaml``, relative to ``base_dir``) or as a
+    mapping with `_BASE_` becomes plain fields, so overrides and validation see one nested mapping."""
+    for name, info in model.model_fields.items():
+        sub = _stage_model(info.annotation)
+        value = data.get(name)
+        if sub is None:
+            continue
+        if isinstance(value, str) and value.endswith((".yaml", ".yml")):
+            path = Path(base_dir) / value
+            data[name] = resolve_includes(sub, read_yaml(path), path.parent)
+        elif isinstance(value, dict):
+            data[name] = resolve_includes(sub, merge_base(dict(value), base_dir), base_dir)
+    return data
+
+
+def _stage_model(annotation) -> type[BaseModel] | None:
+    """The config model a field holds (``X`` or ``X | None``), else None."""
+    import typing
+
+    candidates = typing.get_args(annotation) or (annotation,)
+    models = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return models[0] if len(models) == 1 else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], where: str = "override") -> dict[str, Any]:
+    """The one ``a.b=value`` parser (values are YAML: ``3``, ``true``, ``[1, 2]``, ``null``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where} {item!r}: expected the form key.sub=value")
+        set_dotted(data, key, yaml.safe_load(raw))
     return data
 
 
@@ -90,8 +144,16 @@ def format_validation_error(err: ValidationError, source: str, model: str) -> st
     lines = [f"invalid {model} config ({source}):"]
     for e in err.errors():
         field = ".".join(str(x) for x in e["loc"]) or "<root>"
-        lines.append(f"  - {field}: {e['msg']} (got {e.get('input')!r})"[:300])
+        got = "" if isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+        lines.append(f"  - {field}: {e['msg']}{got}"[:300])
     return "\n".join(lines)
+
+
+def fill_runtime(runtime: "RuntimeConfig", parts) -> None:
+    """The one runtime policy of a composed config: a part that does not set its own runtime gets the parent's."""
+    for part in parts:
+        if "runtime" not in part.model_fields_set:
+            object.__setattr__(part, "runtime", runtime.model_copy())
 
 
 class RuntimeConfig(StageConfig):

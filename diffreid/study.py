@@ -11,6 +11,7 @@ Every step writes into OUT and is skipped when its output exists, so a re-run re
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -18,9 +19,12 @@ from typing import Callable
 
 from pydantic import Field, model_validator
 
-from diffreid.config import ConfigError, StageConfig, deep_update, set_dotted
+from diffreid.build import BuildTemplate
+from diffreid.config import RESOLVED_CONFIG, StageConfig, apply_overrides, deep_update
 from diffreid.data.toyworld import ToyWorldConfig
 from diffreid.io import atomic_write_json, atomic_write_text
+from diffreid.reid.finetune import FinetuneEvalTemplate
+from diffreid.reid.pretrain import PretrainConfig
 
 
 def _source_world() -> ToyWorldConfig:
@@ -35,14 +39,14 @@ def _target_world() -> ToyWorldConfig:
 class StudyConfig(StageConfig):
     source: ToyWorldConfig = Field(default_factory=_source_world, description="S: its train ids are generated from")
     target: ToyWorldConfig = Field(default_factory=_target_world, description="T: other people, other cameras")
-    build: dict = Field(default_factory=dict, description="BuildConfig fields for the main Diff-Person "
-                        "(its `sources` are set to S)")
+    build: BuildTemplate = Field(default_factory=BuildTemplate, description="the main Diff-Person's BuildConfig "
+                                 "(its `sources` are set to S)")
     variants: dict[str, list[str]] = Field(default_factory=dict, description="ablation name -> build overrides "
                                            "(dotted KEY=VALUE) applied over `build`")
     no_filter: bool = Field(True, description="also pre-train on the main build's kept + dropped images")
-    pretrain: dict = Field(default_factory=dict, description="PretrainConfig fields, shared by every backbone")
-    finetune: dict = Field(default_factory=dict, description="FinetuneEvalConfig fields for (a)-(c) (target and "
-                           "inits are set here)")
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="shared by every backbone")
+    finetune: FinetuneEvalTemplate = Field(default_factory=FinetuneEvalTemplate,
+                                           description="for (a)-(c) (target and inits are set here)")
     ablation_finetune: dict = Field(default_factory=dict, description="overrides of `finetune` for ablation "
                                     "backbones (e.g. fewer settings)")
     filter_thresholds: list[float] = Field(default_factory=list, description="also pre-train on the main build's "
@@ -60,12 +64,22 @@ class StudyConfig(StageConfig):
         names += [f"real S + Diff-Person, threshold {t:g}" for t in self.filter_thresholds]
         return names + [f"real S + Diff-Person, {name}" for name in self.variants]
 
+    def ablation_finetune_config(self) -> FinetuneEvalTemplate:
+        """`finetune` with `ablation_finetune` over it."""
+        data = self.finetune.model_dump(mode="json")
+        deep_update(data, copy.deepcopy(self.ablation_finetune))
+        return FinetuneEvalTemplate.validated(data, "ablation_finetune")
+
     @model_validator(mode="after")
-    def _known_seeded_backbones(self):
+    def _check(self):
         unknown = sorted(set(self.seeded_backbones) - set(self.backbone_names()))
         if unknown:
             raise ValueError(f"seeded_backbones: {unknown} are not backbones of this study; "
                              f"choose from {self.backbone_names()}")
+        for name, overrides in self.variants.items():  # every variant's build validates before any work
+            data = apply_overrides(self.build.model_dump(mode="json"), overrides, f"variants.{name}")
+            BuildTemplate.validated(data, f"variants.{name}")
+        self.ablation_finetune_config()
         return self
 
 
@@ -115,20 +129,17 @@ def filter_agreement(diff_person: Path, world: Path, captioner) -> dict:
 def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None, progress: bool = True) -> dict:
     """Run (or resume) the study into ``out_dir``; returns the paths of its tables. ``finetune_runner``
     (cfg, out) -> DataFrame defaults to the in-process one (``ray_jobs.reproduce`` passes the Ray one)."""
-    import copy
-
     import pandas as pd
-    import yaml
 
-    from diffreid.build import BuildConfig, build_diff_person
+    from diffreid.build import build_diff_person
     from diffreid.data import load_dataset
     from diffreid.data.toyworld import render_world
-    from diffreid.reid.finetune import FinetuneEvalConfig, run_finetune_eval, summarise, to_markdown
-    from diffreid.reid.pretrain import PretrainConfig, pretrain_in_process
+    from diffreid.reid.finetune import run_finetune_eval, summarise, to_markdown
+    from diffreid.reid.pretrain import pretrain_in_process
 
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / "study.yaml")
+    cfg.to_yaml(out / RESOLVED_CONFIG)
     finetune_runner = finetune_runner or (lambda c, o: run_finetune_eval(c, o, progress=progress))
     timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
 
@@ -147,21 +158,15 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
     # 2. Diff-Person builds: the main one and each ablation
     builds = {}
     for name, overrides in {"full": [], **cfg.variants}.items():
-        data = copy.deepcopy(cfg.build)
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise ConfigError(f"variants.{name}: {item!r} is not KEY=VALUE")
-            set_dotted(data, key, yaml.safe_load(raw))
-        data["sources"] = [{"name": "S", "dataset": "market_layout", "root": str(source)}]
-        build_cfg = BuildConfig.model_validate(data)
+        build_cfg = cfg.build.complete(overrides, f"variants.{name}",
+                                       sources=[{"name": "S", "dataset": "market_layout", "root": str(source)}])
         folder = out / "builds" / name
         if not (folder / "report.html").is_file():
             timed(f"build {name}", lambda: build_diff_person(build_cfg, folder, progress=progress))
         builds[name] = folder
 
     # 3. backbones
-    pretrain_cfg = PretrainConfig.model_validate(cfg.pretrain)
+    pretrain_cfg = cfg.pretrain
     both = ("bounding_box_train", "dropped")
     generated = [_records_with_source_pids(builds["full"])]  # in cfg.backbone_names() order, after "real S"
     if cfg.no_filter:
@@ -198,17 +203,14 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
 
     # 4. fine-tune on T
     target_ref = {"name": "market_layout", "root": str(target)}
-    main_cfg = FinetuneEvalConfig.model_validate({**cfg.finetune, "target": target_ref,
-                                                  "inits": {"random": None, **{k: backbones[k] for k in main}}})
+    main_cfg = cfg.finetune.complete(target=target_ref, inits={"random": None, **{k: backbones[k] for k in main}})
     frames = [finetune("main", main_cfg)]
-    data = copy.deepcopy(cfg.finetune)
-    deep_update(data, copy.deepcopy(cfg.ablation_finetune))
+    ablation = cfg.ablation_finetune_config()
 
     def finetune_each(table, inits):
         """One cached fine-tune per backbone, so adding a backbone to the table runs only that one."""
-        return pd.concat([finetune(f"{table}/{_slug(name)}", FinetuneEvalConfig.model_validate(
-            {**data, "target": target_ref, "inits": {name: path}})) for name, path in inits.items()],
-            ignore_index=True)
+        return pd.concat([finetune(f"{table}/{_slug(name)}", ablation.complete(target=target_ref, inits={name: path}))
+                          for name, path in inits.items()], ignore_index=True)
 
     ablations = {k: v for k, v in backbones.items() if k not in main}
     if ablations:

@@ -1,37 +1,16 @@
-"""Ray job: fine-tune + evaluate every planned (setting, fraction, init, seed) run as parallel Ray tasks.
+"""Ray job: the `finetune_eval` stage on the connected cluster (`ray job submit -- python -m ray_jobs.finetune_eval --help`).
 
-    python -m ray_jobs.finetune_eval --config FINETUNE.yaml --out DIR [--set inits.diffperson=.../backbone.safetensors]
+Generated from the stage registry (diffreid/stages.py): the same config, checks and library call as
+`diffreid finetune-eval --ray`; re-submitting resumes.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from ray_jobs._common import job_parser
+from diffreid.stages import job_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = job_parser("finetune_eval", __doc__, "FinetuneEvalConfig YAML",
-                   "outputs/finetune",
-                   "writes results.csv/.md/.png and results_runs.csv")
-    p.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per fine-tune task (0 on CPU clusters)")
-    args = p.parse_args(argv)
-
-    from diffreid.distributed.cluster import init_ray
-    from diffreid.distributed.finetune import run_finetune_eval_ray
-    from diffreid.reid.finetune import FinetuneEvalConfig
-
-    cfg = FinetuneEvalConfig.load(args.config, overrides=args.set)
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.to_yaml(out / "config.yaml")
-    init_ray(args.address)
-    run_finetune_eval_ray(cfg, out, num_gpus=args.gpus_per_run)
-    print(f"results: {out / 'results.md'}\n")
-    print((out / "results.md").read_text())
-    return 0
+    return job_main("finetune_eval", argv)
 
 
 if __name__ == "__main__":
-    from ray_jobs._common import run_job
-
-    raise SystemExit(run_job(main, "finetune_eval"))
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from diffreid.distributed.loopback import bind_serve_replicas_to_loopback
+from diffreid.errors import DiffreidError
 from serve_apps.service import (JobRunner, Registry, ServiceError, Store, build_archive, check_id,
                                 create_identity, list_images, public_state, read_image)
 from serve_apps.settings import JobOptions, ServeSettings
@@ -58,9 +59,11 @@ def error_response(err: ServiceError) -> JSONResponse:
     return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
 
 
-@app.exception_handler(ServiceError)
-async def _service_error(request: Request, err: ServiceError):
-    return error_response(err)
+@app.exception_handler(DiffreidError)
+async def _user_error(request: Request, err: DiffreidError):
+    if isinstance(err, ServiceError):
+        return error_response(err)
+    return JSONResponse({"detail": str(err)[:2000]}, status_code=err.status)
 
 
 @app.exception_handler(Exception)

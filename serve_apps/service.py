@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from diffreid.errors import DiffreidError
 from serve_apps.settings import JobOptions, ServeSettings
 
 ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
@@ -45,7 +46,7 @@ SOURCE = "upload"
 ARCHIVE_FILES = ("manifest.parquet", "identities.json", "pid_map.json", "diffperson.json")
 
 
-class ServiceError(Exception):
+class ServiceError(DiffreidError):
     """A request the service answers with ``status`` (4xx: the caller's fault, 5xx: ours) and ``detail``."""
 
     def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):

@@ -7,7 +7,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from diffreid.build import BuildConfig, SourceConfig
+from diffreid.build import BuildConfig
+from diffreid.data.sources import SourceConfig
 from diffreid.config import ConfigError, StageConfig
 
 AdapterModeOption = Literal["lora", "dreambooth"]

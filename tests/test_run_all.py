@@ -5,25 +5,29 @@ from pathlib import Path
 
 import pytest
 
-from diffreid.build import BuildConfig
+from diffreid.config import ConfigError
 from diffreid.demo import demo_config
-from diffreid.distributed.run_all import STAGES, RunAllConfig, stage_data
-from diffreid.reid.finetune import FinetuneEvalConfig
-from diffreid.reid.pretrain import PretrainConfig
+from diffreid.distributed.run_all import RunAllConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_demo_presets_are_valid_and_use_the_shipped_models(quick):
-    path = demo_config(quick)
-    run = RunAllConfig.load(path)
-    data = {stage: stage_data(path, run, stage, []) for stage in STAGES}
-    build = BuildConfig.model_validate({k: v for k, v in data["build"].items() if k != "ray"})
-    PretrainConfig.model_validate(data["pretrain"])
-    FinetuneEvalConfig.model_validate({**data["finetune_eval"], "target": {"root": "x"}})
-    assert build.base_model.path == "diffreid:toy-base" and build.lpe.captioner == "toy"
-    assert "fs" in data["finetune_eval"]["settings"]
+    run = RunAllConfig.load(demo_config(quick))
+    assert run.build.base_model.path == "diffreid:toy-base" and run.build.lpe.captioner == "toy"
+    assert "fs" in run.finetune_eval.settings and run.finetune_eval.target is None
+    assert run.finetune_eval.complete(target={"root": "x"}).target.root == "x"
+
+
+def test_run_all_config_lists_every_stage_error_before_any_work():
+    with pytest.raises(ConfigError) as err:
+        RunAllConfig.load(REPO / "configs" / "toy-run-all.yaml", overrides=[
+            "build.adapter.stepz=3", "pretrain.epochz=1", "finetune_eval.train.epochz=1"])
+    text = str(err.value)
+    assert all(f in text for f in ("build.adapter.stepz", "pretrain.epochz", "train.epochz")), text
+    run = RunAllConfig.load(REPO / "configs" / "toy-run-all.yaml", overrides=["pretrain.epochs=1"])
+    assert run.pretrain.epochs == 1 and run.pretrain.backbone == "resnet18"  # from the included toy-pretrain.yaml
 
 
 @pytest.mark.ray

@@ -27,17 +27,14 @@ RGB_WORLD = dict(layout="market", cams=3, ids_train=3, ids_test=1, images_per_ca
 
 
 @pytest.fixture(scope="module")
-def worlds(tmp_path_factory):
+def worlds(tmp_path_factory, tiny_pipeline_dir):
     import torch
-
-    from diffreid.models.tiny import build_tiny_pipeline
 
     torch.set_num_threads(2)
     base = tmp_path_factory.mktemp("vi_worlds")
     vi = render_world(ToyWorldConfig(**VI_WORLD), base / "vi", progress=False)
     rgb = render_world(ToyWorldConfig(**RGB_WORLD), base / "rgb", progress=False)
-    tiny = build_tiny_pipeline(base / "tiny-sd", seed=0, sample_height=64, sample_width=32)
-    return {"vi": vi, "rgb": rgb, "tiny": tiny, "base": base}
+    return {"vi": vi, "rgb": rgb, "tiny": tiny_pipeline_dir, "base": base}
 
 
 def small_config(worlds, **extra) -> dict:
@@ -170,7 +167,8 @@ def test_ray_job_runs_the_same_function(expanded):
                            str(expanded["out"])], capture_output=True, text=True, timeout=300, env=env,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert "VI expansion in" in proc.stdout
+    summary = json.loads((expanded["out"] / "summary.json").read_text())
     assert summary["generation"]["identities_this_run"] == 0
     assert summary["expanded_ids"] == expanded["summary"]["expanded_ids"]
     bad = subprocess.run([sys.executable, "-m", "ray_jobs.expand_vi", "--config", str(expanded["cfg"]), "--out",

@@ -5,10 +5,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from diffreid.errors import DiffreidError
+
 Modality = Literal["rgb", "ir"]
 
 
-class DatasetError(ValueError):
+class DatasetError(DiffreidError, ValueError):
     """A dataset folder or index file is missing or malformed; the message names the path and the expected form."""
 
 

@@ -1,7 +1,7 @@
 """Identity fidelity of a finished Diff-Person build: do the generated images show the person they claim to?
 
     1. read the build: its generated images (kept ones in bounding_box_train/, dropped ones in dropped/), the
-       real images of each source identity (from the build's sources in ROOT/build_config.yaml; a folder
+       real images of each source identity (from the build's sources in ROOT/config.yaml; a folder
        without one: the source images listed in identities.json) and, for toy-world sources, each identity's
        true attributes (the world's attributes.parquet)
     2. a Re-ID "reader" that is not the filter's model: given, or trained on those real images with another
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from diffreid.config import ConfigError, StageConfig, deep_update, format_validation_error, read_yaml, set_dotted
+from diffreid.config import ConfigError, StageConfig, apply_overrides, deep_update, read_yaml, resolved_config
 from diffreid.data.types import DatasetError, ImageRecord
 from diffreid.io import atomic_write_json
 from diffreid.reid.train import ReIDTrainConfig
@@ -85,23 +85,13 @@ class FidelityConfig(StageConfig):
 
 
 def load_fidelity_config(root: str | Path, overrides: list[str] | tuple = (), **fields) -> FidelityConfig:
-    """The build's own ``fidelity:`` section (ROOT/build_config.yaml) when it has one, then ``key=value``
+    """The build's own ``fidelity:`` section (ROOT/config.yaml) when it has one, then ``key=value``
     overrides, then ``fields`` (those given as None are left out)."""
-    import yaml
-
-    path = Path(root) / "build_config.yaml"
-    data = dict(read_yaml(path).get("fidelity") or {}) if path.is_file() else {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r}: expected the form key.sub=value")
-        set_dotted(data, key, yaml.safe_load(raw))
+    path = resolved_config(root)
+    data = dict(read_yaml(path).get("fidelity") or {}) if path else {}
+    apply_overrides(data, list(overrides))
     data.update({k: v for k, v in fields.items() if v is not None})
-    try:
-        return FidelityConfig.model_validate(data)
-    except ValidationError as err:
-        source = f"{path} fidelity section + overrides" if path.is_file() else "overrides"
-        raise ConfigError(format_validation_error(err, source, "FidelityConfig")) from None
+    return FidelityConfig.validated(data, f"{path} fidelity section + overrides" if path else "overrides")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,9 +132,9 @@ def source_identities(root: Path, identities: dict[int, tuple[str, int]]) -> Sou
         return {wanted[int(row["pid"])]: row for row in table.to_dict("records") if int(row["pid"]) in wanted}
 
     records, truth = [], {}
-    config = root / "build_config.yaml"
-    if config.is_file():  # a build: every real train image of its source identities
-        from diffreid.build import SourceConfig, load_source
+    config = resolved_config(root)
+    if config:  # a build: every real train image of its source identities
+        from diffreid.data.sources import SourceConfig, load_source
 
         for item in read_yaml(config).get("sources", []):
             src = SourceConfig.model_validate(item)
@@ -180,7 +170,7 @@ def source_identities(root: Path, identities: dict[int, tuple[str, int]]) -> Sou
 def reader_model(root: Path, cfg: FidelityConfig, records: list[ImageRecord], progress: bool):
     """``(model, info)``: the given reader, or one trained on ``records`` into ROOT/fidelity/reader (reused while
     its identities and training config stay the same)."""
-    from diffreid.build import ensure_reid_model
+    from diffreid.reid.train import ensure_reid_model
     from diffreid.reid.model import META_NAME, load_reid_model
 
     device = cfg.reader.runtime.torch_device()

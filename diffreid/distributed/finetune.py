@@ -23,3 +23,11 @@ def run_finetune_eval_ray(cfg: FinetuneEvalConfig, out_dir: str | Path, num_cpus
     df = pd.DataFrame(rows)
     write_results(df, out_dir)
     return df
+
+
+def run_study_ray(cfg, out_dir: str | Path, progress: bool = True) -> dict:
+    """The miniature reproduction with its fine-tune runs as parallel Ray tasks (builds and pre-training in the
+    driver, one CPU process each, as on a laptop)."""
+    from diffreid.study import run_study
+
+    return run_study(cfg, out_dir, finetune_runner=run_finetune_eval_ray, progress=progress)

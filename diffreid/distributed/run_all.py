@@ -8,74 +8,37 @@ from pathlib import Path
 
 from pydantic import Field
 
-from diffreid.config import ConfigError, StageConfig, deep_update, read_yaml, set_dotted
-
-STAGES = ("build", "pretrain", "finetune_eval")
+from diffreid.config import ConfigError, StageConfig
+from diffreid.distributed.build import RayBuildJobConfig
+from diffreid.reid.finetune import FinetuneEvalTemplate
+from diffreid.reid.pretrain import PretrainConfig
 
 
 class RunAllConfig(StageConfig):
-    """Each stage: a config file (relative to this one) or its fields inline (`_BASE_: FILE` allowed)."""
+    """Each stage: a config file (relative to this one) or its fields inline (`_BASE_: FILE` allowed); all three
+    are validated before the first stage starts."""
 
-    build: str | dict = Field(..., description="BuildConfig (+ optional ray: section)")
-    pretrain: str | dict = Field(..., description="PretrainConfig")
-    finetune_eval: str | dict = Field(..., description="FinetuneEvalConfig; `target` may be left out: the build's "
-                                                       "first source dataset is then the target (paper §4.2)")
-
-
-def stage_data(cfg_path: Path, run: RunAllConfig, stage: str, overrides: list[str]) -> dict:
-    import copy
-
-    import yaml
-
-    given = getattr(run, stage)
-    if isinstance(given, str):
-        data = read_yaml(cfg_path.parent / given)
-    else:  # inline fields, optionally over a `_BASE_` file
-        data = copy.deepcopy(given)
-        base = data.pop("_BASE_", None)
-        if base:
-            merged = read_yaml(cfg_path.parent / base)
-            deep_update(merged, data)
-            data = merged
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        prefix, dot, rest = key.partition(".")
-        if not sep or not dot or prefix not in STAGES:
-            raise ConfigError(f"--set {item!r}: expected <stage>.<field>=value with stage one of {', '.join(STAGES)}")
-        if prefix == stage:
-            set_dotted(data, rest, yaml.safe_load(raw))
-    return data
+    build: RayBuildJobConfig = Field(..., description="BuildConfig (+ optional ray: section)")
+    pretrain: PretrainConfig = Field(..., description="PretrainConfig")
+    finetune_eval: FinetuneEvalTemplate = Field(..., description="FinetuneEvalConfig; `target` may be left out: "
+                                                "the build's first source dataset is then the target (paper §4.2)")
 
 
-def run_all(config_path: str | Path, out_dir: str | Path, overrides: list[str] | tuple = (),
+def run_all(config: str | Path | RunAllConfig, out_dir: str | Path, overrides: list[str] | tuple = (),
             address: str | None = None) -> Path:
-    """Run the three stages of the RunAllConfig at ``config_path`` into ``out_dir``; returns OUT/report.html.
+    """Run the three stages of a RunAllConfig (or its YAML path) into ``out_dir``; returns OUT/report.html.
     ``overrides``: STAGE.FIELD=VALUE strings; ``address``: a Ray cluster (default: RAY_ADDRESS, else a new
     local loopback cluster)."""
-    from diffreid.build import source_root
-    from diffreid.config import format_validation_error
+    from diffreid.data.sources import source_root
     from diffreid.data import load_dataset
-    from diffreid.distributed.build import RayBuildJobConfig, build_diff_person_ray
+    from diffreid.distributed.build import build_diff_person_ray
     from diffreid.distributed.cluster import init_ray
     from diffreid.distributed.finetune import run_finetune_eval_ray
     from diffreid.distributed.train import pretrain_with_ray
-    from diffreid.reid.finetune import FinetuneEvalConfig
-    from diffreid.reid.pretrain import PretrainConfig
-    from pydantic import ValidationError
 
-    path = Path(config_path)
-    run = RunAllConfig.load(path)
+    run = config if isinstance(config, RunAllConfig) else RunAllConfig.load(config, overrides=list(overrides))
     out = Path(out_dir).resolve()
-    data = {stage: stage_data(path, run, stage, list(overrides)) for stage in STAGES}
-
-    def validate(model, stage, extra=None):
-        try:
-            return model.model_validate({**data[stage], **(extra or {})})
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, f"{path}: {stage}", stage)) from None
-
-    build_cfg = validate(RayBuildJobConfig, "build")
-    pretrain_cfg = validate(PretrainConfig, "pretrain")
+    build_cfg, pretrain_cfg = run.build, run.pretrain
     init_ray(address)
     timings: dict[str, float] = {}
 
@@ -100,11 +63,9 @@ def run_all(config_path: str | Path, out_dir: str | Path, overrides: list[str] |
     print(f"backbone:    {pretrain_out / 'backbone.safetensors'}")
     # 3. fine-tune + evaluate, the new backbone beside the config's own inits
     src = build_cfg.sources[0]
-    target = data["finetune_eval"].get("target") or {
-        "name": src.dataset, "root": str(source_root(src, report.parent))}
-    inits = {**data["finetune_eval"].get("inits", {"random": None}),
-             "diffperson": str(pretrain_out / "backbone.safetensors")}
-    ft_cfg = validate(FinetuneEvalConfig, "finetune_eval", {"target": target, "inits": inits})
+    target = run.finetune_eval.target or {"name": src.dataset, "root": str(source_root(src, report.parent))}
+    ft_cfg = run.finetune_eval.complete(target=target, inits={
+        **run.finetune_eval.inits, "diffperson": str(pretrain_out / "backbone.safetensors")})
     stage("3/3 fine-tune + evaluation on the target (Ray tasks)")
     t0 = time.time()
     df = run_finetune_eval_ray(ft_cfg, out / "finetune")

@@ -61,3 +61,11 @@ def pretrain_with_ray(cfg: PretrainConfig, records: Sequence[ImageRecord], out_d
     with result.checkpoint.as_directory() as ckpt:
         export_backbone(cfg, Path(ckpt) / "state.pt", out)
     return result
+
+
+def pretrain_stage_ray(cfg: PretrainConfig, out_dir: str | Path, data: str | Path) -> Path:
+    """The `pretrain` stage on Ray Train: pre-train on the train split of the Market-layout folder ``data``."""
+    from diffreid.data import load_dataset
+
+    pretrain_with_ray(cfg, load_dataset("market_layout", data, splits=("train",)).train, out_dir)
+    return Path(out_dir) / "backbone.safetensors"

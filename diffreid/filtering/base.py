@@ -15,13 +15,14 @@ from PIL import Image
 from pydantic import Field, field_validator
 
 from diffreid.config import StageConfig
+from diffreid.errors import DiffreidError
 
 FilterName = Literal["reid_ctf", "cctf", "clip"]
 ReIDConfidence = Literal["softmax", "margin", "similarity"]
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class FilterError(ValueError):
+class FilterError(DiffreidError, ValueError):
     """Bad input to a filter (length mismatch, a pid the filter has never seen, missing model folder)."""
 
 

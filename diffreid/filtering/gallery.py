@@ -19,6 +19,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from diffreid.data.types import ImageRecord
+from diffreid.errors import DiffreidError
 
 IndexType = Literal["flat_ip", "ivf", "hnsw"]
 INDEX_TYPES = ("flat_ip", "ivf", "hnsw")
@@ -28,7 +29,7 @@ NORM_TOLERANCE = 1e-3
 GPU_MAX_K = 2048  # FAISS GPU k-selection limit
 
 
-class GalleryError(ValueError):
+class GalleryError(DiffreidError, ValueError):
     """Gallery input or folder is invalid; the message names what was expected."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from diffreid.config import RuntimeConfig
+from diffreid.errors import DiffreidError
 from diffreid.io import atomic_dir
 from diffreid.models.pipeline import offline_env
 from diffreid.models.tiny import byte_unicode_map
@@ -18,7 +19,7 @@ from diffreid.models.tiny import byte_unicode_map
 PERSON_QUESTION = "Question: describe the person's clothing, carried items and action. Answer:"
 
 
-class CaptionerError(ValueError):
+class CaptionerError(DiffreidError, ValueError):
     """A captioner model folder is missing or unusable."""
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from diffreid.config import RuntimeConfig, StageConfig
+from diffreid.errors import DiffreidError
 from diffreid.models.assets import resolve_model_path
 
 SchedulerName = Literal["ddim", "ddpm", "dpm++", "euler"]
@@ -23,7 +24,7 @@ PIPELINE_CLASSES = ("StableDiffusionPipeline",)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-class PipelineLoadError(ValueError):
+class PipelineLoadError(DiffreidError, ValueError):
     """A model path is missing, is not a diffusers SD pipeline folder, or a hub id cannot be fetched."""
 
 

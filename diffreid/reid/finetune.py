@@ -45,7 +45,26 @@ class FinetuneEvalConfig(StageConfig):
         for name, path in self.inits.items():
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"inits.{name}: weight file {path} does not exist")
+        from pydantic import ValidationError
+
+        from diffreid.reid.train import ReIDTrainConfig
+
+        try:  # a typo in `train` fails now, not after hours of earlier stages
+            ReIDTrainConfig.model_validate(self.train)
+        except ValidationError as err:
+            raise ValueError("; ".join(f"train.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
         return self
+
+
+class FinetuneEvalTemplate(FinetuneEvalConfig):
+    """A FinetuneEvalConfig inside a composed job, which may leave the target to the job (run_all: the build's
+    first source; the study: its target world)."""
+
+    target: DatasetRef | None = Field(None, description="None: the composing job sets it")
+
+    def complete(self, **fields) -> FinetuneEvalConfig:
+        """The stage config with the job's fields (target, inits) filled in."""
+        return FinetuneEvalConfig.validated({**self.model_dump(mode="json"), **fields}, "finetune_eval")
 
 
 def fewshot_images(records: Sequence[ImageRecord], percent: float, seed: int) -> list[ImageRecord]:

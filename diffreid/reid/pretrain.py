@@ -249,3 +249,10 @@ def pretrain_in_process(cfg: PretrainConfig, records: Sequence[ImageRecord], out
     run_pretraining(cfg, records, resume_dir=done[-1] if done else None, save_checkpoint=save, progress=progress)
     latest = sorted(ckpt_root.glob("epoch_*"))[-1]
     return export_backbone(cfg, latest / "state.pt", out)
+
+
+def pretrain_stage(cfg: PretrainConfig, out_dir: str | Path, data: str | Path, progress: bool = True) -> Path:
+    """The `pretrain` stage: pre-train on the train split of the Market-layout folder ``data``."""
+    from diffreid.data import load_dataset
+
+    return pretrain_in_process(cfg, load_dataset("market_layout", data, splits=("train",)).train, out_dir, progress)

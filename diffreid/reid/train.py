@@ -238,3 +238,33 @@ def endless(loader: DataLoader, sampler: PKSampler):
         sampler.set_epoch(epoch)
         yield from loader
         epoch += 1
+
+
+def train_stage(cfg: ReIDTrainConfig, out_dir: str | Path, data: str | Path, baseline: bool = False,
+                progress: bool = True) -> dict[str, dict[str, float]]:
+    """The `train` stage: train on ``data``'s train split, evaluate on its query/gallery (and, with ``baseline``,
+    the untrained model too); writes OUT/metrics.json and returns the metrics per model."""
+    from diffreid.data import load_dataset
+
+    dataset = load_dataset("market_layout", data)
+    print(dataset.summary())
+    rows = {}
+    if baseline:
+        num_ids = len({r.pid for r in dataset.train})
+        rows["before training"] = evaluate_reid(build_reid_model(cfg.model, num_ids), dataset, cfg)
+    t0 = time.time()
+    result = train_reid(cfg, dataset.train, out_dir=out_dir, progress=progress)
+    train_seconds = time.time() - t0
+    rows[f"trained ({cfg.model.backbone}, {cfg.epochs} epochs)"] = evaluate_reid(result.model, dataset, cfg)
+    atomic_write_json(Path(out_dir) / "metrics.json", {"dataset": str(data), "train_seconds": train_seconds,
+                                                       "results": rows})
+    return rows
+
+
+def ensure_reid_model(train_cfg: ReIDTrainConfig, train_records, folder: Path, progress: bool) -> Path:
+    """A Re-ID model in ``folder``: the one already there (``reid_model.json`` is written last), else trained
+    with the project's BoT trainer (the filter's model; the fidelity reader)."""
+    if (Path(folder) / "reid_model.json").is_file():
+        return Path(folder)
+    train_reid(train_cfg, train_records, out_dir=folder, progress=progress)
+    return Path(folder)

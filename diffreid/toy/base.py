@@ -2,9 +2,9 @@
 
 The analogue of web-scale text-image pre-training: a pool of toy-world identities disjoint from every
 evaluation identity (pids from ``pid_offset``), seen by many cameras, each image captioned from its true
-attributes in the same words LPE prompts use. Recipe (from the feasibility probe in DESIGN.md): train the VAE
-first, cache latents, then train the UNet (cross-attention only at the low-resolution level) together with a
-small CLIP text encoder over a word-level vocabulary. Everything is seeded and runs on CPU; the result is a
+attributes in the same words LPE prompts use. Recipe (from a CPU feasibility probe; measurements in
+docs/identity-fidelity.md): train the VAE first, cache latents, then train the UNet (cross-attention only at the
+low-resolution level) together with a small CLIP text encoder over a word-level vocabulary. Everything is seeded and runs on CPU; the result is a
 plain diffusers folder that loads through ``StableDiffusionPipeline.from_pretrained``.
 """
 from __future__ import annotations

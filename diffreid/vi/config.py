@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from diffreid.config import ConfigError, RuntimeConfig, StageConfig
+from diffreid.config import ConfigError, RuntimeConfig, StageConfig, fill_runtime
 from diffreid.data.toyworld import ToyWorldConfig
 from diffreid.filtering.base import FilterConfig
 from diffreid.generation.adapters.config import AdapterConfig
@@ -141,7 +141,5 @@ class VIExpandConfig(StageConfig):
         if self.filter.filters != ["reid_ctf"]:
             raise ConfigError(f"filter.filters={self.filter.filters}: the VI filter is the cross-modal "
                               "Re-ID CTF only (['reid_ctf'])")
-        for part in (self.pipeline, self.adapter, self.scorer.train):
-            if "runtime" not in part.model_fields_set:
-                part.runtime = self.runtime.model_copy()
+        fill_runtime(self.runtime, (self.pipeline, self.adapter, self.scorer.train))
         return self

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffreid.config import ConfigError
+from diffreid.config import RESOLVED_CONFIG, ConfigError
 from diffreid.data import load_dataset
 from diffreid.data.types import DatasetError, ImageRecord, ReIDDataset
 from diffreid.io import atomic_write_json
@@ -132,7 +132,7 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = resolve_toy(cfg, out)
-    cfg.to_yaml(out / "vi_expand.yaml")
+    cfg.to_yaml(out / RESOLVED_CONFIG)
     vi = load_dataset(cfg.vi_dataset, cfg.vi_root, **cfg.vi_options)
     vi_train = vi_train_records(vi, cfg.max_vi_ids)
     rgb_cams, ir_cams = camera_sets(vi.train)

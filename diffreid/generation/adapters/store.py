@@ -12,6 +12,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffreid.errors import DiffreidError
+
 ADAPTER_JSON = "adapter.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
 TOKENS_FILE = "token_embeddings.safetensors"
@@ -19,7 +21,7 @@ TOKENS_JSON = "tokens.json"
 UNET_DIR = "unet"
 
 
-class AdapterError(ValueError):
+class AdapterError(DiffreidError, ValueError):
     """An adapter folder is missing/invalid, or an adapter name is unknown or clashes."""
 
 

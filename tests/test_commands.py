@@ -1,0 +1,81 @@
+"""Every stage command end to end as a user runs it (tiny settings), generated from one registry; and
+`diffreid check` on every shipped config."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diffreid.cli import main
+from diffreid.stages import STAGES, check_config, recognise
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "diffreid" / "configs").glob("*.yaml"))
+BUILD_FAST = ["adapter.steps=2", "adapter.checkpoint_every=2", "refset.num_images=2", "refset.steps=1",
+              "sampler.num_images=4", "sampler.steps=1", "filter_reid.epochs=1", "filter_reid.P=2",
+              "filter_reid.K=2", "fidelity.reader.epochs=1", "fidelity.reader.iters_per_epoch=1",
+              "filter.threshold=0", "sources=[{name: toy, toyworld: {ids_train: 3, ids_test: 2, cams: 3, height: 64, "
+              "width: 32}, max_identities: 2, min_images: 2}]"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_checks(path, capsys):
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: valid {recognise(path).name} config" in out
+    assert isinstance(yaml.safe_load(out.split("\n", 1)[1]), dict), "the resolved config is printed as YAML"
+
+
+def test_check_lists_every_error_with_its_dotted_path_and_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"_BASE_: {REPO / 'configs' / 'toy.yaml'}\nadapter: {{stepz: 3, rank: -1}}\n"
+                   "sampler: {num_images: 0}\n")
+    assert main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert all(f in err for f in ("adapter.stepz", "adapter.rank", "sampler.num_images")), err
+    assert "Traceback" not in err
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"_BASE_: {REPO / 'configs' / 'toy.yaml'}\nsources: [{{name: a, root: {tmp_path / 'nope'}}}]\n"
+                       "tiny_base_model: false\nbase_model: {path: ./no-such-model}\n")
+    assert main(["check", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "sources[0].root" in err and "base_model.path" in err
+
+
+def test_check_recognises_the_stage_and_follows_includes():
+    stage, cfg = check_config(REPO / "configs" / "toy-run-all.yaml", overrides=["pretrain.epochs=1"])
+    assert stage is STAGES["run_all"] and cfg.pretrain.epochs == 1 and cfg.pretrain.backbone == "resnet18"
+    assert recognise(REPO / "configs" / "toy-reid.yaml") is STAGES["train"]
+    assert recognise(REPO / "configs" / "toy-pretrain.yaml") is STAGES["pretrain"]
+
+
+@pytest.mark.slow
+def test_build_pretrain_finetune_commands_write_their_outputs(tmp_path, capsys):
+    build = tmp_path / "build"
+    assert main(["build", "--config", str(REPO / "configs" / "toy.yaml"), "--out", str(build), "--quiet",
+                 *(x for o in BUILD_FAST for x in ("--set", o))]) == 0
+    assert (build / "report.html").is_file() and (build / "manifest.parquet").is_file()
+    assert yaml.safe_load((build / "config.yaml").read_text())["adapter"]["steps"] == 2
+    assert main(["data", "verify", str(build)]) == 0
+
+    pre = tmp_path / "pretrain"
+    assert main(["pretrain", "--config", str(REPO / "configs" / "toy-pretrain.yaml"), "--data", str(build),
+                 "--out", str(pre), "--quiet", "--set", "epochs=1", "--set", "warmup_epochs=0",
+                 "--set", "batch_size=4"]) == 0
+    assert (pre / "backbone.safetensors").is_file() and (pre / "config.yaml").is_file()
+
+    ft = tmp_path / "finetune"
+    src = yaml.safe_load((build / "config.yaml").read_text())["sources"][0]
+    world = build / "sources" / src["name"]
+    assert world.is_dir(), "the toy source world is rendered inside the build"
+    assert main(["finetune-eval", "--config", str(REPO / "configs" / "toy-run-all.yaml"), "--out", str(ft)]) == 2
+    capsys.readouterr()
+    cfg = tmp_path / "ft.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "target": {"root": str(world)}, "settings": ["fs"], "fractions": [50], "seeds": [0],
+        "inits": {"random": None, "diffperson": str(pre / "backbone.safetensors")},
+        "train": {"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 2, "K": 2, "epochs": 1,
+                  "warmup_epochs": 0, "milestones": [1], "num_workers": 0, "iters_per_epoch": 2}}))
+    assert main(["finetune-eval", "--config", str(cfg), "--out", str(ft), "--quiet"]) == 0
+    assert "diffperson" in capsys.readouterr().out
+    for name in ("results.csv", "results.md", "results_runs.csv", "config.yaml"):
+        assert (ft / name).is_file(), name
