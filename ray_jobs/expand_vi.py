@@ -1,16 +1,5 @@
-"""Ray job: the `vi_expand` stage on the connected cluster (`ray job submit -- python -m ray_jobs.expand_vi --help`).
-
-Generated from the stage registry (diffreid/stages.py): the same config, checks and library call as
-`diffreid vi-expand --ray`; re-submitting resumes.
-"""
-from __future__ import annotations
-
+"""Ray job: the `vi_expand` stage on the connected cluster, as `diffreid vi-expand --ray` (diffreid/stages.py)."""
 from diffreid.stages import job_main
 
-
-def main(argv: list[str] | None = None) -> int:
-    return job_main("vi_expand", argv)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(job_main("vi_expand"))
