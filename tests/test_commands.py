@@ -25,6 +25,15 @@ def test_every_shipped_config_checks(path, capsys):
     assert isinstance(yaml.safe_load(out.split("\n", 1)[1]), dict), "the resolved config is printed as YAML"
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "real").glob("*.yaml")), ids=lambda p: p.name)
+def test_real_data_configs_validate(path, capsys):
+    """The GPU-cluster configs name datasets and models that are not on this machine: fields only."""
+    assert main(["check", "--no-files", "--quiet", str(path)]) == 0, capsys.readouterr().err
+    names_data = not path.name.startswith("pretrain")  # pre-training reads --data, not a config field
+    assert main(["check", "--quiet", str(path)]) == (2 if names_data else 0)
+    assert ("does not exist" in capsys.readouterr().err) == names_data
+
+
 def test_check_lists_every_error_with_its_dotted_path_and_exits_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"_BASE_: {REPO / 'configs' / 'toy.yaml'}\nadapter: {{stepz: 3, rank: -1}}\n"

@@ -42,8 +42,12 @@ def test_smallscale_keeps_exact_fraction_of_identities(percent):
 def test_config_errors_name_the_field(tmp_path):
     with pytest.raises(ConfigError, match="fractions"):
         FinetuneEvalConfig.load(target={"root": str(tmp_path)}, fractions=[0, 50])
+    # files are checked by the stage's check step (`diffreid check`, run_stage) and before the first run
+    cfg = FinetuneEvalConfig.load(target={"root": str(tmp_path)}, inits={"mine": str(tmp_path / "nope.safetensors")})
+    assert cfg.missing_files() == [f"inits.mine: weight file {tmp_path / 'nope.safetensors'} does not exist"]
     with pytest.raises(ConfigError, match="inits.mine"):
-        FinetuneEvalConfig.load(target={"root": str(tmp_path)}, inits={"mine": str(tmp_path / "nope.safetensors")})
+        run_finetune_eval(cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists(), "nothing runs before the files are checked"
 
 
 @pytest.mark.slow

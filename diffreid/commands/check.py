@@ -7,6 +7,8 @@ def register(p):
     p.add_argument("--stage", help="the stage to validate against (default: recognised from the file's keys)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field before validating")
+    p.add_argument("--no-files", action="store_true", help="check the fields only, not that the files and folders "
+                   "they name exist (a config written for another machine)")
     p.add_argument("--quiet", action="store_true", help="print one line per file instead of the resolved config")
     p.set_defaults(func=run)
 
@@ -22,7 +24,7 @@ def run(args):
     failed = 0
     for path in args.config:
         try:
-            stage, cfg = check_config(path, args.stage, args.overrides)
+            stage, cfg = check_config(path, args.stage, args.overrides, files=not args.no_files)
         except (DiffreidError, FileNotFoundError) as err:
             print(f"{path}: error: {err}", file=sys.stderr)
             failed += 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffreid.reid.finetune import FinetuneEvalConfig, planned_runs, run_one, write_results
+from diffreid.reid.finetune import FinetuneEvalConfig, planned_runs, require_files, run_one, write_results
 
 
 def run_finetune_eval_ray(cfg: FinetuneEvalConfig, out_dir: str | Path, num_cpus: float = 1, num_gpus: float = 0,
@@ -12,6 +12,7 @@ def run_finetune_eval_ray(cfg: FinetuneEvalConfig, out_dir: str | Path, num_cpus
     import ray
     from tqdm import tqdm
 
+    require_files(cfg)
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(run_one)
     pending = [task.remote(cfg, run) for run in planned_runs(cfg)]
     rows = []

@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from diffreid.config import StageConfig
+from diffreid.config import ConfigError, StageConfig
 from diffreid.data.types import ImageRecord
 from diffreid.io import atomic_path, atomic_write_text
 
@@ -42,9 +42,6 @@ class FinetuneEvalConfig(StageConfig):
             raise ValueError(f"fractions must be percentages in (0, 100], got {bad}")
         if "cross_domain" in self.settings and self.cross_domain is None:
             raise ValueError("settings has cross_domain but the cross_domain dataset is not set")
-        for name, path in self.inits.items():
-            if path is not None and not Path(path).is_file():
-                raise ValueError(f"inits.{name}: weight file {path} does not exist")
         from pydantic import ValidationError
 
         from diffreid.reid.train import ReIDTrainConfig
@@ -54,6 +51,17 @@ class FinetuneEvalConfig(StageConfig):
         except ValidationError as err:
             raise ValueError("; ".join(f"train.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()))
         return self
+
+
+    def missing_files(self) -> list[str]:
+        """The named weight files and dataset folders that do not exist (checked before any run starts)."""
+        missing = [f"inits.{name}: weight file {path} does not exist"
+                   for name, path in self.inits.items() if path is not None and not Path(path).is_file()]
+        for name in ("target", "cross_domain"):
+            ref = getattr(self, name)
+            if ref is not None and not Path(ref.root).is_dir():
+                missing.append(f"{name}.root: folder {ref.root} does not exist")
+        return missing
 
 
 class FinetuneEvalTemplate(FinetuneEvalConfig):
@@ -87,6 +95,13 @@ def smallscale_ids(records: Sequence[ImageRecord], percent: float, seed: int) ->
     n = min(len(pids), max(2, round(len(pids) * percent / 100)))
     chosen = set(np.random.default_rng(seed).choice(pids, size=n, replace=False).tolist())
     return [r for r in records if r.pid in chosen]
+
+
+def require_files(cfg: FinetuneEvalConfig) -> None:
+    """Raise one ConfigError listing every missing weight file and dataset folder, before any run starts."""
+    missing = cfg.missing_files()
+    if missing:
+        raise ConfigError("fine-tune config:" + "".join(f"\n  - {m}" for m in missing))
 
 
 def planned_runs(cfg: FinetuneEvalConfig) -> list[dict]:
@@ -133,6 +148,7 @@ def run_finetune_eval(cfg: FinetuneEvalConfig, out_dir: str | Path, progress: bo
     import pandas as pd
     from tqdm import tqdm
 
+    require_files(cfg)
     runs = planned_runs(cfg)
     rows = [row for run in tqdm(runs, desc="fine-tune runs", disable=not progress) for row in run_one(cfg, run)]
     df = pd.DataFrame(rows)
