@@ -161,3 +161,22 @@ def test_cli_models_tiny(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
     assert main(["models", "tiny", "--out", str(tmp_path / "odd"), "--height", "63"]) == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def test_sd15_shaped_architecture_and_clip_vocabulary(tmp_path):
+    """The random SD-1.5 stand-in has SD-1.5's sizes (built on the meta device: no memory) and CLIP's own
+    tokenizer (ids as in the released model, e.g. `sks` = 48136)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffreid.models.random import SD15, clip_bpe_file, write_clip_tokenizer
+
+    with torch.device("meta"):
+        sizes = {name: sum(p.numel() for p in model.parameters()) for name, model in (
+            ("unet", UNet2DConditionModel(**SD15["unet"])), ("vae", AutoencoderKL(**SD15["vae"])),
+            ("text", CLIPTextModel(CLIPTextConfig(**SD15["text"]))))}
+    assert round(sizes["unet"] / 1e6) == 860 and round(sizes["vae"] / 1e6) == 84 and round(sizes["text"] / 1e6) == 123
+    tokenizer = write_clip_tokenizer(clip_bpe_file(), tmp_path / "tok")
+    assert len(tokenizer) == SD15["text"]["vocab_size"] == 49408
+    assert tokenizer("a photo of sks person").input_ids == [49406, 320, 1125, 539, 48136, 2533, 49407]
