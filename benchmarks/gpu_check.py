@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from diffreid.generation.adapters import (AdapterConfig, activate, deactivate, delete_adapter,
                                               load_identity_adapter, train_identity_adapter)
     from diffreid.generation.sampler import SamplerConfig, sample_identity as sample_images
-    from diffreid.io import atomic_write_text
+    from diffreid.io import atomic_write_json, atomic_write_text
     from diffreid.models import PipelineConfig, load_pipeline
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     refs = render_identity_images(sample_identity(rng, 2), 4, rng, plan.height, plan.width)
     lines += ["## Adapter training", "", "| mode | steps/s | stored MB | GPU-s per identity at the mode's default steps |",
               "|---|---|---|---|"]
-    adapters = {}
+    adapters, train_rates = {}, {}
     for mode in ("lora", "dreambooth"):
         cfg = AdapterConfig.load(mode=mode, steps=plan.train_steps, height=plan.height, width=plan.width,
                                  instance_batch_size=1, prior_batch_size=1, gradient_checkpointing=cuda,
@@ -130,6 +130,7 @@ def main(argv=None) -> int:
         rate = plan.train_steps / result.seconds
         default_steps = AdapterConfig(mode=mode).resolved_steps
         adapters[mode] = result.dir
+        train_rates[mode] = rate
         lines.append(f"| {mode} | {rate:.2f} | {result.bytes / 2**20:.1f} | {default_steps / rate:.0f} |")
     lines.append("")
 
@@ -183,6 +184,10 @@ def main(argv=None) -> int:
               "CPU), torch.compile and channels-last.", ""]
     text = "\n".join(lines)
     atomic_write_text(args.out, text)
+    figures = {"device": lines[0], "steps": plan.steps, "height": plan.height, "width": plan.width,
+               "images_per_s": {f"{d}/{b}": v for (d, b), v in base_images_per_s.items()},
+               "train_steps_per_s": train_rates, "train_batch": 2}
+    atomic_write_json(Path(args.out).with_suffix(".json"), figures)  # read by `diffreid plan --gpu-results`
     print(text)
     return 0
 

@@ -88,3 +88,19 @@ def test_build_pretrain_finetune_commands_write_their_outputs(tmp_path, capsys):
     assert "diffperson" in capsys.readouterr().out
     for name in ("results.csv", "results.md", "results_runs.csv", "config.yaml"):
         assert (ft / name).is_file(), name
+
+
+def test_plan_prints_gpu_time_and_storage(tmp_path, capsys):
+    real = str(REPO / "configs" / "real" / "build-market1501-lora.yaml")
+    assert main(["plan", "--config", real, "--identities", "751"]) == 0
+    out = capsys.readouterr().out
+    assert "estimate from FLOPs" in out and "| sampling |" in out and "GPU-hours" in out
+    measured = tmp_path / "GPU-RESULTS.json"
+    measured.write_text('{"steps": 30, "images_per_s": {"bf16/8": 2.0}, "train_steps_per_s": {"lora": 4.0}, '
+                        '"train_batch": 2}')
+    assert main(["plan", "--config", real, "--identities", "751", "--gpu-results", str(measured)]) == 0
+    out = capsys.readouterr().out
+    # 190 images x 30 steps at 2 images/s x 30 steps = 95 s of sampling
+    assert "measured" in out and "| sampling | 4484 | 95.0 |" in out
+    assert main(["plan", "--config", str(REPO / "configs" / "toy.yaml")]) == 0  # identities counted from the source
+    assert "4 identities" in capsys.readouterr().out
