@@ -124,3 +124,12 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
     stages = {json.loads(x)["stage"] for x in (tmp_path / "work2" / "base" / "log.jsonl").read_text().splitlines()}
     assert stages == {"refine"}
     assert load_pipeline(PipelineConfig(path=str(tmp_path / "a2" / "toy-base"))).unet is not None
+
+
+def test_a_checkpoint_of_another_recipe_is_not_resumed():
+    from diffreid.toy.base import ToyBaseConfig, recipe_fingerprint
+
+    base = ToyBaseConfig()
+    assert recipe_fingerprint(base) == recipe_fingerprint(base.model_copy(update={"unet_steps": 5000}))
+    for change in ({"unet_lr": 1e-3}, {"text_layers": 2}, {"unet_pool": None}):
+        assert recipe_fingerprint(base) != recipe_fingerprint(base.model_copy(update=change)), change

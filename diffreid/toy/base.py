@@ -478,7 +478,8 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
             log({"stage": "eval", "phase": tag.split("-")[0], "step": step, **prompt_following(captioner, rows)})
 
     ema, pool_images = None, {}
-    origin = "" if cfg.init_from is None else f"init_from={Path(resolve_model_path(cfg.init_from)).resolve()}"
+    origin = recipe_fingerprint(cfg) if cfg.init_from is None else (
+        f"init_from={Path(resolve_model_path(cfg.init_from)).resolve()}")
     for phase in unet_phases(cfg):
         if ema is not None:  # each phase starts from the previous phase's EMA weights
             unet.load_state_dict(ema["unet"])
@@ -509,6 +510,13 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
         result["prompt_following"] = measure_prompt_following(pipe, captioner, cfg.eval)
         atomic_write_json(out / "diffreid_toy_base_eval.json", result["prompt_following"])
     return result
+
+
+def recipe_fingerprint(cfg: ToyBaseConfig) -> str:
+    """What fixes the first phase's weights: a checkpoint made by another recipe (architecture, data, optimiser)
+    is not resumed. More steps, evaluation and logging settings may change between runs."""
+    ignored = {"unet_steps", "eval", "sample_every", "checkpoint_every", "threads", "refine", "init_from"}
+    return json.dumps(cfg.model_dump(mode="json", exclude=ignored), sort_keys=True)
 
 
 def load_first_phase(folder: str):
