@@ -117,6 +117,17 @@ class GeneratedBatch:
 # ----------------------------------------------------------------------------------------------------------
 # 1. plan
 # ----------------------------------------------------------------------------------------------------------
+def base_model_path(cfg: BuildConfig, out_dir: str | Path) -> str:
+    """The toy-fallback convention for the base model: ``tiny_base_model`` builds the tiny pipeline into
+    OUT/models/tiny-sd (once), else ``base_model.path``. Sources follow it too (``source_root``)."""
+    if not cfg.tiny_base_model:
+        return cfg.base_model.path
+    from diffreid.models.tiny import build_tiny_pipeline
+
+    return str(build_tiny_pipeline(Path(out_dir) / "models" / "tiny-sd", seed=cfg.runtime.seed,
+                                   sample_height=cfg.sampler.height, sample_width=cfg.sampler.width))
+
+
 def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) -> BuildPlan:
     """Resolve sources, identities, base model and filter models; caption identities; shared reference sets.
     Every step is cached under OUT, so a re-run is cheap."""
@@ -126,12 +137,7 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
     out.mkdir(parents=True, exist_ok=True)
     cfg.to_yaml(out / RESOLVED_CONFIG)
 
-    base_path = cfg.base_model.path
-    if cfg.tiny_base_model:
-        from diffreid.models.tiny import build_tiny_pipeline
-
-        base_path = str(build_tiny_pipeline(out / "models" / "tiny-sd", seed=cfg.runtime.seed,
-                                            sample_height=cfg.sampler.height, sample_width=cfg.sampler.width))
+    base_path = base_model_path(cfg, out)
 
     jobs, skipped, source_records, filter_dirs = [], [], {}, {}
     keys = []

@@ -307,22 +307,18 @@ class Assets:
 
 def prepare_assets(settings: ServeSettings, progress: bool = False) -> Assets:
     """Build (once, under a file lock so replicas on one node do not race) or find the service's assets."""
-    from diffreid.build import ensure_filter_model
+    from diffreid.build import base_model_path, ensure_filter_model
     from diffreid.data import load_dataset
-    from diffreid.data.toyworld import render_world
+    from diffreid.data.sources import source_root
     from diffreid.filtering import build_or_load, model_extractor, model_key
-    from diffreid.models.tiny import build_tiny_pipeline
 
     cfg, src = settings.build, settings.reference
     root = Path(settings.assets_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        base = cfg.base_model.path
-        if cfg.tiny_base_model:
-            base = str(build_tiny_pipeline(root / "models" / "tiny-sd", seed=cfg.runtime.seed,
-                                           sample_height=cfg.sampler.height, sample_width=cfg.sampler.width))
-        ref_root = src.root or str(render_world(src.toyworld, root / "sources" / src.name))
+        base = base_model_path(cfg, root)
+        ref_root = str(source_root(src, root))
         records = load_dataset(src.dataset, ref_root, **src.reader_options).train
         reid_dir = cfg.filter.reid_model_dir or str(
             ensure_filter_model(cfg, records, root / "filters" / src.name / "reid_model", progress))
