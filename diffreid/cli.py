@@ -25,6 +25,7 @@ COMMANDS = [
     ("serve", "start the augmentation HTTP service on a local Ray"),
     ("augment", "client: upload crops of a person to the service and download synthetic images"),
     ("vi_expand", None),
+    ("toy_models", None),
 ]
 
 

@@ -133,3 +133,15 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed():
     assert recipe_fingerprint(base) == recipe_fingerprint(base.model_copy(update={"unet_steps": 5000}))
     for change in ({"unet_lr": 1e-3}, {"text_layers": 2}, {"unet_pool": None}):
         assert recipe_fingerprint(base) != recipe_fingerprint(base.model_copy(update=change)), change
+
+
+def test_every_caption_word_is_one_token(tmp_path):
+    """Colour and garment words must reach the text encoder whole: a merge added for one word ("l o" of
+    "long") once split others ("yellow" -> "yel lo w", "orange", "trousers")."""
+    from diffreid.models.tiny import build_tokenizer
+    from diffreid.toy.base import caption_words
+
+    words = caption_words()
+    tok = build_tokenizer(tmp_path / "tok", words=words)
+    assert {w: tok.tokenize(w) for w in words if tok.tokenize(w) != [f"{w}</w>"]} == {}
+    assert tok.tokenize("yellow trousers") == ["yellow</w>", "trousers</w>"]

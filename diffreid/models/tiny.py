@@ -47,24 +47,41 @@ def byte_unicode_map() -> dict[int, str]:
     return mapping
 
 
+def bpe_pieces(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding of one word: merge the adjacent pair of lowest rank until none applies."""
+    pieces = list(symbols)
+    while len(pieces) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces[i:i + 2] = [pieces[i] + pieces[i + 1]]
+    return pieces
+
+
 def tiny_vocab(words=TINY_CONFIG["words"]) -> tuple[dict[str, int], list[str]]:
-    """A CLIP-style byte-level vocab (every byte, alone and word-final) plus prefix-chain merges that make
-    each of ``words`` a single token. Returns (vocab, merges)."""
+    """A CLIP-style byte-level vocab (every byte, alone and word-final) plus merges that make each of ``words``
+    a single token. Returns (vocab, merges).
+
+    A word's merges are appended after every earlier one: its existing pieces (under the merges so far) are
+    joined left to right, so a merge another word added first (``l o`` of ``long`` inside ``yellow``) cannot
+    split it. Later merges never fire inside an earlier word, which is one token by then."""
     chars = list(byte_unicode_map().values())
     tokens = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
+    ranks: dict[tuple[str, str], int] = {}
     for word in words:
         symbols = [byte_unicode_map()[b] for b in word.lower().encode()]
         if len(symbols) < 2:
             continue
         symbols[-1] += "</w>"
-        prefix = symbols[0]
-        for symbol in symbols[1:]:
-            merge = f"{prefix} {symbol}"
-            prefix += symbol
-            if merge not in merges:
-                merges.append(merge)
-                tokens.append(prefix)
+        pieces = bpe_pieces(symbols, ranks)
+        prefix = pieces[0]
+        for piece in pieces[1:]:
+            ranks[(prefix, piece)] = len(merges)
+            merges.append(f"{prefix} {piece}")
+            prefix += piece
+            tokens.append(prefix)
     tokens += [BOS, EOS]
     vocab: dict[str, int] = {}
     for token in tokens:
