@@ -127,11 +127,12 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
 
 
 def test_a_checkpoint_of_another_recipe_is_not_resumed():
-    from diffreid.toy.base import ToyBaseConfig, recipe_fingerprint
+    from diffreid.toy.base import ToyBaseConfig, ToyPoolConfig, recipe_fingerprint
 
     base = ToyBaseConfig()
     assert recipe_fingerprint(base) == recipe_fingerprint(base.model_copy(update={"unet_steps": 5000}))
-    for change in ({"unet_lr": 1e-3}, {"text_layers": 2}, {"unet_pool": None}):
+    for change in ({"unet_lr": 1e-3}, {"text_layers": 4}, {"unet_pool": ToyPoolConfig(uniform_colours=True)},
+                   {"train_text_encoder": False}):
         assert recipe_fingerprint(base) != recipe_fingerprint(base.model_copy(update=change)), change
 
 
