@@ -104,3 +104,12 @@ def test_plan_prints_gpu_time_and_storage(tmp_path, capsys):
     assert "measured" in out and "| sampling | 4484 | 95.0 |" in out
     assert main(["plan", "--config", str(REPO / "configs" / "toy.yaml")]) == 0  # identities counted from the source
     assert "4 identities" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", SHIPPED + sorted((REPO / "configs" / "real").glob("*.yaml")), ids=lambda p: p.name)
+def test_resolved_config_round_trips(path, tmp_path):
+    """OUT/config.yaml, the resolved config a stage writes, loads back to the same config."""
+    stage, cfg = check_config(path, files=False)
+    cfg.to_yaml(tmp_path / "config.yaml")
+    again = stage.config_model().load(tmp_path / "config.yaml")
+    assert again.model_dump(mode="json") == cfg.model_dump(mode="json")
