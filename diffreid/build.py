@@ -24,8 +24,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from diffreid.config import RESOLVED_CONFIG, ConfigError, RuntimeConfig, StageConfig, apply_overrides, fill_runtime
-from diffreid.data.sources import SourceConfig, load_source
+from diffreid.config import RESOLVED_CONFIG, RuntimeConfig, StageConfig, apply_overrides, fill_runtime
+from diffreid.data.sources import SourceConfig, load_source, selected_identities
 from diffreid.diffperson.fidelity import FidelityConfig
 from diffreid.diffperson.writer import DiffPersonWriter, WriterConfig
 from diffreid.filtering.base import FilterConfig
@@ -145,18 +145,9 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
         root, dataset = load_source(src, out)
         source_records[src.name] = dataset.train
         sequences = dataset.identity_sequences("train")
-        pids = sorted(sequences) if src.pids is None else src.pids
-        unknown = sorted(set(pids) - set(sequences))
-        if unknown:
-            raise ConfigError(f"sources[{src.name}].pids: {unknown[:5]} are not train identities of {root}")
-        if src.max_identities:
-            pids = pids[:src.max_identities]
-        for spid in pids:
-            paths = [r.path for cam in sequences[spid].values() for r in cam]
-            if len(paths) < src.min_images:
-                skipped.append({"source": src.name, "source_pid": spid,
-                                "reason": f"{len(paths)} usable images < min_images {src.min_images}"})
-                continue
+        chosen, source_skipped = selected_identities(src, dataset, root)
+        skipped += source_skipped
+        for spid, paths in chosen.items():
             seq = [r.path for r in caption_images(sequences[spid], cfg.lpe)]
             keys.append((src.name, spid))
             jobs.append(IdentityJob(src.name, spid, -1, paths, seq))

@@ -114,8 +114,10 @@ def _check_study(cfg) -> list[str]:
 
 
 def _check_vi(cfg) -> list[str]:
-    return [p for name in ("rgb", "vi") if getattr(cfg, name, None) is not None
-            for p in _missing_dataset(name, getattr(cfg, name))]
+    """Empty paths are the toy fallback (with a `toy:` section, else expand_vi says what is missing)."""
+    problems = [f"{name}: folder {getattr(cfg, name)} does not exist" for name in ("vi_root", "rgb_root")
+                if getattr(cfg, name) and not Path(getattr(cfg, name)).is_dir()]
+    return problems + _missing_model("pipeline.path", cfg.pipeline.path)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -50,6 +50,13 @@ def test_check_lists_every_error_with_its_dotted_path_and_exits_2(tmp_path, caps
     assert "sources[0].root" in err and "base_model.path" in err
 
 
+def test_check_names_missing_vi_folders():
+    from diffreid.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vi_root: folder /nope does not exist"):
+        check_config(REPO / "configs" / "toy-vi.yaml", overrides=["vi_root=/nope"])
+
+
 def test_check_recognises_the_stage_and_follows_includes():
     stage, cfg = check_config(REPO / "configs" / "toy-run-all.yaml", overrides=["pretrain.epochs=1"])
     assert stage is STAGES["run_all"] and cfg.pretrain.epochs == 1 and cfg.pretrain.backbone == "resnet18"

@@ -22,15 +22,13 @@ def run(args):
     if identities is None:
         import tempfile
 
-        from diffreid.data.sources import load_source
+        from diffreid.data.sources import load_source, selected_identities
 
         identities = 0
         scratch = tempfile.mkdtemp(prefix="diffreid-plan-")  # toy sources render here
         for src in cfg.sources:
-            _, dataset = load_source(src, scratch)
-            ids = sorted({r.pid for r in dataset.train})
-            ids = [p for p in ids if src.pids is None or p in src.pids][:src.max_identities]
-            identities += len(ids)
+            root, dataset = load_source(src, scratch)
+            identities += len(selected_identities(src, dataset, root)[0])
     if identities < 1:
         raise CommandError("no identities to generate: give --identities N")
     plan = plan_build(cfg, identities, args.gpu_results, Assumptions(args.gpu_tflops, args.utilisation))

@@ -63,3 +63,26 @@ def readable_image(path: str) -> bool:
         return True
     except Exception:  # PIL raises many types for bad files: any of them means "skip this file"
         return False
+
+
+def selected_identities(src: SourceConfig, dataset, root) -> tuple[dict[int, list[str]], list[dict]]:
+    """The source identities a build generates for (``pids``, ``max_identities``, ``min_images`` applied):
+    ({source pid: its usable train image paths}, [skipped identities with the reason])."""
+    from diffreid.config import ConfigError
+
+    sequences = dataset.identity_sequences("train")
+    pids = sorted(sequences) if src.pids is None else src.pids
+    unknown = sorted(set(pids) - set(sequences))
+    if unknown:
+        raise ConfigError(f"sources[{src.name}].pids: {unknown[:5]} are not train identities of {root}")
+    if src.max_identities:
+        pids = pids[:src.max_identities]
+    chosen, skipped = {}, []
+    for spid in pids:
+        paths = [r.path for cam in sequences[spid].values() for r in cam]
+        if len(paths) < src.min_images:
+            skipped.append({"source": src.name, "source_pid": spid,
+                            "reason": f"{len(paths)} usable images < min_images {src.min_images}"})
+        else:
+            chosen[spid] = paths
+    return chosen, skipped
