@@ -18,16 +18,32 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+CONV_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj",
+                "ff.net.2"]
 KEYS = ("upper_colour", "lower_colour", "lower_type", "sleeve")
 
 SETTINGS: dict[str, dict] = {
     "prompt only (no adapter)": {"adapter.steps": 0},
-    "rank 8, 100 steps, lr 3e-3 (demo v1)": {},
-    "rank 8, 100 steps, lr 1e-3": {"adapter.lr": 1e-3},
-    "rank 8, 100 steps, lr 1e-3, text-encoder LoRA": {"adapter.lr": 1e-3, "adapter.train_text_encoder": True},
-    "rank 8, 200 steps, lr 1e-3": {"adapter.lr": 1e-3, "adapter.steps": 200},
+    "rank 8, 100 steps, lr 3e-3 (demo v1)": {"adapter.lr": 3e-3, "adapter.train_text_encoder": False},
+    "rank 8, 100 steps, lr 1e-3": {"adapter.train_text_encoder": False},
+    "rank 8, 100 steps, lr 1e-3, text-encoder LoRA (demo preset)": {},
+    "rank 8, 200 steps, lr 1e-3": {"adapter.steps": 200, "adapter.train_text_encoder": False},
     "rank 4, 100 steps, lr 3e-3, prior weight 0.3": {"adapter.rank": 4, "adapter.alpha": 4,
                                                       "adapter.prior_loss_weight": 0.3},
+    "demo preset, guidance 3": {"sampler.guidance": 3.0},
+    "demo preset + conv/ff LoRA targets": {"adapter.target_modules": CONV_TARGETS},
+    "demo preset + conv/ff LoRA targets, guidance 3": {"adapter.target_modules": CONV_TARGETS,
+                                                        "sampler.guidance": 3.0},
+    "dreambooth, 100 steps, lr 1e-4": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4, "adapter.steps": 100},
+    "dreambooth, 200 steps, lr 1e-4, guidance 3": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
+                                                   "adapter.steps": 200, "sampler.guidance": 3.0},
+    "prompt only, img2img 0.6": {"adapter.steps": 0, "sampler.init_strength": 0.6},
+    "demo preset, img2img 0.5": {"sampler.init_strength": 0.5},
+    "demo preset, img2img 0.6": {"sampler.init_strength": 0.6},
+    "demo preset, img2img 0.7": {"sampler.init_strength": 0.7},
+    "demo preset, img2img 0.6, guidance 3": {"sampler.init_strength": 0.6, "sampler.guidance": 3.0},
+    "dreambooth, 100 steps, lr 1e-4, img2img 0.6": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
+                                                    "adapter.steps": 100, "sampler.init_strength": 0.6},
 }
 
 
@@ -43,6 +59,19 @@ def build_config(overrides: dict, base: str, images: int):
     for key, value in overrides.items():
         set_dotted(data, key, value)
     return BuildConfig.model_validate(data)
+
+
+def save_grid(rows: list[list], path: Path) -> None:
+    """One row of samples per identity, for looking at what the table counts."""
+    from PIL import Image
+
+    w, h = rows[0][0].size
+    grid = Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (x * w, y * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.resize((grid.width * 2, grid.height * 2)).save(path)
 
 
 def main(argv=None) -> int:
@@ -84,22 +113,26 @@ def main(argv=None) -> int:
         slug = "".join(ch if ch.isalnum() else "-" for ch in name)[:48]
         gen = IdentityGenerator(cfg, dataclasses.replace(plan, out=str(out / "runs" / slug)), pipe)
         hits = {k: [] for k in KEYS}
+        shown = []
         t0 = time.time()
         for job in jobs:
             if no_adapter:
                 from diffreid.build import identity_prompt
                 from diffreid.generation.sampler import sample_identity
 
-                images = [g.image for g in sample_identity(pipe, None, identity_prompt(cfg, plan.captions[job.pid],
-                                                                                       job.pid), job.pid, cfg.sampler)]
+                prompt = identity_prompt(cfg, plan.captions[job.pid], job.pid)
+                images = [g.image for g in sample_identity(pipe, None, prompt, job.pid, cfg.sampler,
+                                                           init_images=job.image_paths)]
             else:
                 gen.train_adapter(job)
                 images = gen.generate(job).images
+            shown.append(images[:12])
             row = truth.loc[job.source_pid]
             for attrs in captioner.predict(images):
                 for k in KEYS:
                     hits[k].append(attrs[k] == row[k])
         seconds = (time.time() - t0) / len(jobs)
+        save_grid(shown, out / "grids" / f"{slug}.png")
         four = np.all([hits[k] for k in KEYS], axis=0)
         cells = [f"{np.mean(hits[k]):.0%}" for k in KEYS] + [f"**{np.mean(four):.0%}**", f"{seconds:.0f}"]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

@@ -286,7 +286,7 @@ class IdentityGenerator:
         folder = self.trained_dir(job)
         name = self.ensure_loaded(job, folder)
         prompt = identity_prompt(self.cfg, self.plan.captions[job.pid], job.pid)
-        generated = sample_identity(self.pipe, name, prompt, job.pid, self.cfg.sampler)
+        generated = sample_identity(self.pipe, name, prompt, job.pid, self.cfg.sampler, init_images=job.image_paths)
         if not keep_loaded:
             self.release(name)
         rel = str(folder.relative_to(self.plan.out))
@@ -302,7 +302,8 @@ class IdentityGenerator:
         t0 = time.time()
         name = adapter_name or self.ensure_loaded(jobs[0], self.trained_dir(jobs[0]))
         prompts = {j.pid: identity_prompt(self.cfg, self.plan.captions[j.pid], j.pid) for j in jobs}
-        generated = sample_mixed(self.pipe, list(prompts.items()), self.cfg.sampler, adapter=name)
+        generated = sample_mixed(self.pipe, list(prompts.items()), self.cfg.sampler, adapter=name,
+                                 init_images={j.pid: j.image_paths for j in jobs})
         rel = str(self.adapter_dir(jobs[0]).relative_to(self.plan.out))
         seconds = (time.time() - t0) / len(jobs)
         batches = []

@@ -494,6 +494,7 @@ class ResidentIdentity:
     cfg: Any
     filters: dict
     next_index: int
+    init_images: list[str] = field(default_factory=list)
     on_release: Any = None
     released: bool = field(default=False)
 
@@ -541,7 +542,8 @@ class IdentitySampler(_PipelineHolder):
         filters = self.filter.filters_for(job.image_paths, cfg.filter.threshold_of("reid_ctf"))
         self.loads[ident] += 1
         return ResidentIdentity(ident=ident, name=name, pid=job.pid, prompt=state["prompt"], cfg=cfg, filters=filters,
-                                next_index=state["next_index"] or cfg.sampler.num_images, on_release=self._unload)
+                                next_index=state["next_index"] or cfg.sampler.num_images, init_images=job.image_paths,
+                                on_release=self._unload)
 
     def _unload(self, resident: ResidentIdentity) -> None:
         from diffreid.generation.adapters import delete_adapter, loaded_adapters
@@ -566,7 +568,8 @@ class IdentitySampler(_PipelineHolder):
         resident.next_index += total
         cfg = resident.cfg.sampler.model_copy(update={"num_images": total})
         with self.lock:
-            generated = sample_identity(self.pipe, resident.name, resident.prompt, resident.pid, cfg, start_index=start)
+            generated = sample_identity(self.pipe, resident.name, resident.prompt, resident.pid, cfg, start_index=start,
+                                        init_images=resident.init_images)
         images = [g.image for g in generated]
         scores, kept = self.filter.score(resident.filters, images, resident.cfg)
         try:

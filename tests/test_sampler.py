@@ -75,3 +75,33 @@ def test_adapter_images_carry_their_adapter_and_regenerate(pipe, tmp_path):
     assert not np.array_equal(np.asarray(base[0].image), np.asarray(tuned[0].image))
     assert np.array_equal(np.asarray(regenerate(pipe, tuned[0].record)), np.asarray(tuned[0].image))
     assert np.array_equal(np.asarray(regenerate(pipe, base[0].record)), np.asarray(base[0].image))
+
+
+def test_image_to_image_starts_from_the_identitys_crops_and_regenerates(pipe, tmp_path):
+    from diffreid.generation.sampler import SamplerError
+
+    rng = np.random.default_rng(2)
+    crops = []
+    for i, image in enumerate(render_identity_images(sample_identity(rng, 2), 3, rng, 64, 32)):
+        crops.append(str(tmp_path / f"crop{i}.png"))
+        image.save(crops[-1])
+    with pytest.raises(SamplerError, match="init_strength=0.5 needs init images of pid 2"):
+        sample_images(pipe, None, "a photo of sks person", 2, scfg(init_strength=0.5))
+    light = sample_images(pipe, None, "a photo of sks person", 2, scfg(init_strength=0.5, steps=4),
+                          init_images=crops)
+    assert all(g.record["init_image"] in crops and g.record["init_strength"] == 0.5 for g in light)
+    for g in light:
+        assert np.array_equal(np.asarray(regenerate(pipe, g.record)), np.asarray(g.image))
+    # the same seeds from other crops draw other images: the output starts from the crop
+    flipped = []
+    for path in crops:
+        from PIL import Image
+
+        flipped.append(path.replace(".png", "-flipped.png"))
+        Image.open(path).transpose(Image.FLIP_TOP_BOTTOM).save(flipped[-1])
+    other = sample_images(pipe, None, "a photo of sks person", 2, scfg(init_strength=0.5, steps=4),
+                          init_images=flipped)
+    assert [g.record["seed"] for g in other] == [g.record["seed"] for g in light]
+    assert all(not np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(light, other))
+    text_only = sample_images(pipe, None, "a photo of sks person", 2, scfg(), init_images=crops)
+    assert all(g.record["init_image"] is None for g in text_only)

@@ -19,7 +19,8 @@ from pydantic import Field, model_validator
 from diffreid.config import StageConfig
 from diffreid.generation.adapters.config import check_person_aspect, check_resolution
 from diffreid.generation.adapters.store import activate, active_adapter, deactivate, loaded_adapters
-from diffreid.models.pipeline import SchedulerName, make_scheduler
+from diffreid.errors import DiffreidError
+from diffreid.models.pipeline import SchedulerName, img2img_view, make_scheduler
 
 DEFAULT_VOCABULARY = {
     "clothing": ["wearing a jacket", "wearing a coat", "wearing a t-shirt", "wearing a hoodie", "wearing shorts",
@@ -31,6 +32,10 @@ DEFAULT_VOCABULARY = {
     "scene": ["on a campus street", "in a shopping mall", "at a crosswalk", "in a park", "at night under street lights",
               "in the rain", "at a train station"],
 }
+
+
+class SamplerError(DiffreidError):
+    """Sampling cannot start: a missing or unreadable input the config asks for."""
 
 
 class AttributeVocabulary(StageConfig):
@@ -66,6 +71,10 @@ class SamplerConfig(StageConfig):
                                             description="diversity phrases by category (paper: DI attributes)")
     phrases_per_prompt: int = Field(2, ge=0, description="categories sampled per prompt; 0 = identity prompt only")
     lora_scale: float = Field(1.0, ge=0, description="LoRA strength; below 1 trades identity for diversity")
+    init_strength: float | None = Field(None, gt=0, le=1, description="None: text-to-image, the paper. A value: "
+                                        "image-to-image from one of the identity's own crops noised to this "
+                                        "strength (SDEdit; DA-Fusion augments this way), so colours and build "
+                                        "survive a base model that follows prompts poorly (the toy base)")
 
     @model_validator(mode="after")
     def _check(self) -> "SamplerConfig":
@@ -91,21 +100,37 @@ def diverse_prompt(identity_prompt: str, seed: int, vocabulary: AttributeVocabul
     return ", ".join([identity_prompt, *(rng.choice(categories[c]) for c in chosen)])
 
 
-def _generate(pipe, prompts: list[str], seeds: list[int], rec: dict) -> list[Image.Image]:
-    """One pipeline call with one generator per image; the scheduler is swapped in only for the call."""
+def load_init_image(path: str, width: int, height: int) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB").resize((width, height), Image.BICUBIC)
+    except (OSError, ValueError) as err:
+        raise SamplerError(f"init image {path}: cannot be read ({err})") from None
+
+
+def _generate(pipe, prompts: list[str], seeds: list[int], rec: dict,
+              inits: list[str] | None = None) -> list[Image.Image]:
+    """One pipeline call with one generator per image; the scheduler is swapped in only for the call.
+    ``inits``: one init image path per prompt (image-to-image at ``rec["init_strength"]``)."""
     import torch
 
-    original = pipe.scheduler
-    pipe.scheduler = make_scheduler(rec["scheduler"], original.config)
+    runner = pipe if inits is None else img2img_view(pipe)
+    original = runner.scheduler
+    runner.scheduler = make_scheduler(rec["scheduler"], original.config)
     try:
         kwargs = {"cross_attention_kwargs": {"scale": rec["lora_scale"]}} if rec["adapter_mode"] in (
             "lora", "shared_lora_ti") else {}
-        images = pipe(prompts, negative_prompt=[rec["negative_prompt"]] * len(prompts),
-                      num_inference_steps=rec["steps"], guidance_scale=rec["guidance"], height=rec["height"],
-                      width=rec["width"], generator=[torch.Generator().manual_seed(s) for s in seeds],
-                      output_type="pil", **kwargs).images
+        if inits is None:
+            kwargs.update(height=rec["height"], width=rec["width"])
+        else:
+            kwargs.update(image=[load_init_image(p, rec["width"], rec["height"]) for p in inits],
+                          strength=rec["init_strength"])
+        images = runner(prompts, negative_prompt=[rec["negative_prompt"]] * len(prompts),
+                        num_inference_steps=rec["steps"], guidance_scale=rec["guidance"],
+                        generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="pil",
+                        **kwargs).images
     finally:
-        pipe.scheduler = original
+        runner.scheduler = original
     size = (rec["output_width"], rec["output_height"])
     return [im if im.size == size else im.resize(size, Image.BICUBIC) for im in images]
 
@@ -118,8 +143,22 @@ def _use_adapter(pipe, adapter: str | None, scale: float) -> str | None:
     return loaded_adapters(pipe)[adapter].mode
 
 
-def _run(pipe, adapter: str | None, jobs: list[tuple[int, int, str]], cfg: SamplerConfig) -> list[GeneratedImage]:
-    """``jobs``: (pid, index, identity_prompt); batched in order, ``cfg.batch_size`` at a time."""
+Job = tuple[int, int, str, Sequence[str]]  # pid, index, identity prompt, the identity's init images (maybe none)
+
+
+def _init_paths(cfg: SamplerConfig, chunk: list[Job], seeds: list[int]) -> list[str] | None:
+    if cfg.init_strength is None:
+        return None
+    for pid, _, _, inits in chunk:
+        if not inits:
+            raise SamplerError(f"sampler.init_strength={cfg.init_strength} needs init images of pid {pid} (the "
+                               "identity's own crops); none were given. Set init_strength to null for "
+                               "text-to-image")
+    return [str(inits[seed % len(inits)]) for (_, _, _, inits), seed in zip(chunk, seeds)]
+
+
+def _run(pipe, adapter: str | None, jobs: list[Job], cfg: SamplerConfig) -> list[GeneratedImage]:
+    """``jobs`` batched in order, ``cfg.batch_size`` at a time."""
     from tqdm.auto import tqdm
 
     check_resolution(pipe, cfg.height, cfg.width)
@@ -127,17 +166,19 @@ def _run(pipe, adapter: str | None, jobs: list[tuple[int, int, str]], cfg: Sampl
     base = {"negative_prompt": cfg.negative_prompt, "adapter": adapter, "adapter_mode": mode,
             "lora_scale": cfg.lora_scale, "scheduler": cfg.scheduler, "steps": cfg.steps, "guidance": cfg.guidance,
             "height": cfg.height, "width": cfg.width, "output_height": cfg.output_height,
-            "output_width": cfg.output_width}
+            "output_width": cfg.output_width, "init_strength": cfg.init_strength}
     out: list[GeneratedImage] = []
     starts = range(0, len(jobs), cfg.batch_size)
     for start in tqdm(starts, desc="sampling", disable=len(starts) < 2 or not _tty()):
         chunk = jobs[start:start + cfg.batch_size]
-        seeds = [image_seed(cfg.seed_base, pid, index) for pid, index, _ in chunk]
-        prompts = [diverse_prompt(p, s, cfg.vocabulary, cfg.phrases_per_prompt) for (_, _, p), s in zip(chunk, seeds)]
-        images = _generate(pipe, prompts, seeds, base)
-        for position, ((pid, index, _), seed, prompt, image) in enumerate(zip(chunk, seeds, prompts, images)):
+        seeds = [image_seed(cfg.seed_base, pid, index) for pid, index, _, _ in chunk]
+        prompts = [diverse_prompt(job[2], s, cfg.vocabulary, cfg.phrases_per_prompt) for job, s in zip(chunk, seeds)]
+        inits = _init_paths(cfg, chunk, seeds)
+        images = _generate(pipe, prompts, seeds, base, inits)
+        for position, ((pid, index, _, _), seed, prompt, image) in enumerate(zip(chunk, seeds, prompts, images)):
             record = {**base, "pid": pid, "index": index, "prompt": prompt, "seed": seed,
-                      "batch": {"prompts": prompts, "seeds": seeds, "position": position}}
+                      "init_image": inits[position] if inits else None,
+                      "batch": {"prompts": prompts, "seeds": seeds, "position": position, "init_images": inits}}
             out.append(GeneratedImage(image=image, record=record))
     return out
 
@@ -149,17 +190,19 @@ def _tty() -> bool:
 
 
 def sample_identity(pipe, adapter: str | None, identity_prompt: str, pid: int, cfg: SamplerConfig,
-                    start_index: int = 0) -> list[GeneratedImage]:
-    """``cfg.num_images`` images of one identity (indices ``start_index``...), batches of one adapter."""
-    jobs = [(pid, start_index + i, identity_prompt) for i in range(cfg.num_images)]
+                    start_index: int = 0, init_images: Sequence[str] = ()) -> list[GeneratedImage]:
+    """``cfg.num_images`` images of one identity (indices ``start_index``...), batches of one adapter.
+    ``init_images``: the identity's own crops, used when ``cfg.init_strength`` is set."""
+    jobs = [(pid, start_index + i, identity_prompt, init_images) for i in range(cfg.num_images)]
     return _run(pipe, adapter, jobs, cfg)
 
 
 def sample_mixed(pipe, items: Sequence[tuple[int, str]], cfg: SamplerConfig, adapter: str | None = None,
-                 start_index: int = 0) -> list[GeneratedImage]:
+                 start_index: int = 0, init_images: dict[int, Sequence[str]] | None = None) -> list[GeneratedImage]:
     """shared_lora_ti: ``cfg.num_images`` per (pid, identity prompt) item, identities interleaved so every
     batch mixes them; ``adapter`` is the shared adapter that holds all their tokens."""
-    jobs = [(pid, start_index + i, prompt) for i in range(cfg.num_images) for pid, prompt in items]
+    inits = init_images or {}
+    jobs = [(pid, start_index + i, prompt, inits.get(pid, ())) for i in range(cfg.num_images) for pid, prompt in items]
     return _run(pipe, adapter, jobs, cfg)
 
 
@@ -169,7 +212,7 @@ def regenerate(pipe, record: dict) -> Image.Image:
     _use_adapter(pipe, record["adapter"], record["lora_scale"])
     batch = record["batch"]
     try:
-        return _generate(pipe, batch["prompts"], batch["seeds"], record)[batch["position"]]
+        return _generate(pipe, batch["prompts"], batch["seeds"], record, batch.get("init_images"))[batch["position"]]
     finally:
         if previous is None:
             deactivate(pipe)

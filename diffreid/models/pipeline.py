@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import weakref
 from pathlib import Path
 from typing import Literal
 
@@ -100,3 +101,24 @@ def load_pipeline(cfg: PipelineConfig):
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+_IMG2IMG_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def img2img_view(pipe):
+    """An image-to-image pipeline over ``pipe``'s own modules (no copy: loaded adapters act in both)."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    view = _IMG2IMG_VIEWS.get(pipe)
+    if view is None:
+        size = pipe.unet.config.sample_size
+        if not isinstance(size, int):  # its constructor compares sample_size with an int (a deprecation check)
+            pipe.unet.register_to_config(sample_size=max(size))
+        try:
+            view = StableDiffusionImg2ImgPipeline(**{**pipe.components, "requires_safety_checker": False})
+        finally:
+            pipe.unet.register_to_config(sample_size=size)
+        view.set_progress_bar_config(disable=True)
+        _IMG2IMG_VIEWS[pipe] = view
+    return view
