@@ -3,11 +3,12 @@ identity-consistent synthetic images.
 
 Three deployments, composed with ``.bind()`` by the typed builder :func:`build_app`:
 
-* ``Ingress`` — FastAPI routes (OpenAPI at /docs): checks every request, reads and writes the store;
+* ``Ingress`` — FastAPI routes typed by ``schemas.py`` (OpenAPI at /docs): checks every request, reads and
+  writes the store (``store.py``, ``uploads.py``, ``results.py``);
 * ``Worker`` — one replica running queued jobs (caption -> reference set -> adapter -> sample -> filter) in a
-  background thread; a restarted replica picks the store's queue up again;
-* ``Generator`` — ``POST /generate``: adapters kept resident with ``@serve.multiplexed`` (LRU, capacity
-  ``adapter_cache``) and requests sharing an adapter merged with ``@serve.batch``.
+  background thread (``worker.py``); a restarted replica picks the store's queue up again;
+* ``Generator`` — ``POST /generate`` (``sampler.py``): adapters kept resident with ``@serve.multiplexed`` (LRU,
+  capacity ``adapter_cache``) and requests sharing an adapter merged with ``@serve.batch``.
 
     serve run serve_apps.app:build_app config=my-settings.yaml      # or: diffreid serve --config FILE
     serve deploy serve_apps/config.yaml
@@ -19,18 +20,23 @@ import os
 import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from ray import serve
 
 from diffreid.distributed.loopback import bind_serve_replicas_to_loopback
 from diffreid.errors import DiffreidError
-from serve_apps.service import (JobRunner, Registry, ServiceError, Store, build_archive, check_id,
-                                create_identity, list_images, public_state, read_image)
+from serve_apps.results import build_archive, list_images, public_state, read_image
+from serve_apps.schemas import (DATASET_FILE, IDENTITY_ID, ErrorBody, GenerateRequest, GenerateResult, Health,
+                                IdentityIndex, IdentityState, ImageList)
 from serve_apps.settings import JobOptions, ServeSettings
+from serve_apps.store import Registry, ServiceError, Store, check_id
+from serve_apps.uploads import create_identity
+from serve_apps.worker import JobRunner
 
 bind_serve_replicas_to_loopback()  # replicas import this module before their gRPC server starts
 
@@ -43,9 +49,24 @@ app = FastAPI(title="diffreid augmentation service", version="1",
                           "filtered, identity-consistent synthetic images (Diffusion-ReID).")
 
 
-class GenerateRequest(BaseModel):
-    num_images: int = Field(4, ge=1, description="images to draw (at most limits.max_generate_images)")
-    include_dropped: bool = Field(False, description="also return images the Re-ID filter dropped")
+ERRORS = {400: "malformed identity id or file name", 401: "missing or wrong bearer token",
+          404: "no such identity (never created, or deleted) or file", 409: "the identity's job is not done",
+          411: "Content-Length header missing", 413: "a size limit (the detail names it)",
+          415: "not an allowed image format (checked by decoding)", 422: "a field or limit (the detail names it)",
+          429: "too many jobs queued or running; retry after the Retry-After header's seconds",
+          "default": "any other error, e.g. 500: a bug (the detail says which)"}
+IdentityId = Annotated[str, PathParam(pattern=IDENTITY_ID, description="32 lowercase hex characters")]
+IncludeDropped = Annotated[bool, Query(description="also the images the deciding filter dropped")]
+
+
+def errors(*codes: int) -> dict:
+    """OpenAPI responses of a route: each error status it answers with, and any other, with the one error body."""
+    return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in (*codes, 401, "default")}
+
+
+def binary(media_types: tuple[str, ...], description: str) -> dict:
+    return {200: {"description": description, "content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                                           for m in media_types}}}
 
 
 def set_threads(settings: ServeSettings) -> None:
@@ -64,6 +85,17 @@ async def _user_error(request: Request, err: DiffreidError):
     if isinstance(err, ServiceError):
         return error_response(err)
     return JSONResponse({"detail": str(err)[:2000]}, status_code=err.status)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, err: RequestValidationError):
+    """Every invalid field as one line; a malformed path parameter (id, file name) is a 400 as it always was."""
+    problems = err.errors()
+    status = 400 if any(p["loc"][:1] == ("path",) for p in problems) else 422
+    detail = "; ".join(f"{'.'.join(str(x) for x in p['loc'])}: {p['msg']}"
+                       + (f" (got {str(p['input'])[:80]!r})" if p["loc"][:1] == ("path",) else "")
+                       for p in problems)
+    return JSONResponse({"detail": detail[:2000]}, status_code=status)
 
 
 @app.exception_handler(Exception)
@@ -107,17 +139,20 @@ class Ingress:
                                     status_code=413)
         return await call_next(request)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.post(API, status_code=202)
-    async def create(self, request: Request,
+    @app.post(API, status_code=202, response_model=IdentityState, responses={
+        202: {"description": "queued", "headers": {"Location": {"description": "the identity's status URL",
+                                                                "schema": {"type": "string"}}}},
+        **errors(411, 413, 415, 422, 429)})
+    async def create(self, request: Request, response: Response,
                      images: list[UploadFile] = File([], description="crops of one person (JPEG/PNG)"),
                      name: str | None = Form(None, description="a label for this identity"),
                      num_images: int | None = Form(None, ge=1), adapter_mode: Literal["lora", "dreambooth"] | None =
                      Form(None), steps: int | None = Form(None, ge=1), seed: int | None = Form(None, ge=0),
-                     threshold: float | None = Form(None, ge=0, le=1)) -> JSONResponse:
+                     threshold: float | None = Form(None, ge=0, le=1)) -> dict:
         """Queue a new identity: caption -> reference set -> adapter -> sample -> filter run off the request path."""
         files = [(f.filename or "", await f.read()) for f in images]
         options = JobOptions(num_images=num_images, adapter_mode=adapter_mode, steps=steps, seed=seed,
@@ -126,36 +161,43 @@ class Ingress:
             state = await asyncio.to_thread(create_identity, self.settings, self.registry, name, options, files)
         self.worker.wake.remote()
         body = public_state(state, str(request.base_url).rstrip("/"))
-        return JSONResponse(body, status_code=202, headers={"Location": body["status_url"]})
+        response.headers["Location"] = body["status_url"]
+        return body
 
-    @app.get(API)
+    @app.get(API, response_model=IdentityIndex, responses=errors())
     async def index(self) -> dict:
         ids = await asyncio.to_thread(self.registry.identities)
         return {"identities": ids, "queued": await asyncio.to_thread(self.registry.queue)}
 
-    @app.get(API + "/{ident}")
-    async def status(self, ident: str, request: Request) -> dict:
+    @app.get(API + "/{ident}", response_model=IdentityState, responses=errors(400, 404))
+    async def status(self, ident: IdentityId, request: Request) -> dict:
         state = await asyncio.to_thread(self.registry.state, check_id(ident))
         return public_state(state, str(request.base_url).rstrip("/"))
 
-    @app.get(API + "/{ident}/images")
-    async def images(self, ident: str, include_dropped: bool = Query(False)) -> dict:
+    @app.get(API + "/{ident}/images", response_model=ImageList, responses=errors(400, 404, 409, 422))
+    async def images(self, ident: IdentityId, include_dropped: IncludeDropped = False) -> dict:
         items = await asyncio.to_thread(list_images, self.registry, check_id(ident), include_dropped)
         return {"id": ident, "images": items}
 
-    @app.get(API + "/{ident}/files/{rel:path}")
-    async def file(self, ident: str, rel: str) -> Response:
+    @app.get(API + "/{ident}/files/{rel:path}", response_class=Response,
+             responses={**binary(("image/png", "image/jpeg"), "one image of the identity's dataset"),
+                        **errors(400, 404, 409)})
+    async def file(self, ident: IdentityId,
+                   rel: Annotated[str, PathParam(pattern=DATASET_FILE, description="a `file` of /images")]) -> Response:
         data = await asyncio.to_thread(read_image, self.registry, check_id(ident), rel)
         return Response(data, media_type="image/png" if rel.endswith(".png") else "image/jpeg")
 
-    @app.get(API + "/{ident}/archive")
-    async def archive(self, ident: str, include_dropped: bool = Query(False)) -> Response:
+    @app.get(API + "/{ident}/archive", response_class=Response,
+             responses={**binary(("application/zip",), "Market-layout images + manifest files"),
+                        **errors(400, 404, 409, 422)})
+    async def archive(self, ident: IdentityId, include_dropped: IncludeDropped = False) -> Response:
         data = await asyncio.to_thread(build_archive, self.registry, check_id(ident), include_dropped)
         return Response(data, media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{ident}.zip"'})
 
-    @app.post(API + "/{ident}/generate")
-    async def generate(self, ident: str, body: GenerateRequest | None = None) -> dict:
+    @app.post(API + "/{ident}/generate", response_model=GenerateResult,
+              responses=errors(400, 404, 409, 411, 413, 422))
+    async def generate(self, ident: IdentityId, body: GenerateRequest | None = None) -> dict:
         """More images from the identity's adapter (kept resident by the generator replicas)."""
         body = body or GenerateRequest()
         limit = self.settings.limits.max_generate_images
@@ -170,8 +212,8 @@ class Ingress:
             raise ServiceError(result["error"]["status"], result["error"]["detail"])
         return {"id": ident, **result}
 
-    @app.delete(API + "/{ident}", status_code=204)
-    async def delete(self, ident: str) -> Response:
+    @app.delete(API + "/{ident}", status_code=204, response_class=Response, responses=errors(400, 404))
+    async def delete(self, ident: IdentityId) -> Response:
         await asyncio.to_thread(self.registry.delete, check_id(ident))
         return Response(status_code=204)
 
@@ -217,7 +259,7 @@ def generator_deployment(settings: ServeSettings):
     @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 1})
     class Generator:
         def __init__(self, settings: dict):
-            from serve_apps.service import IdentitySampler
+            from serve_apps.sampler import IdentitySampler
 
             self.settings = ServeSettings.model_validate(settings)
             set_threads(self.settings)
@@ -278,7 +320,7 @@ def load_settings(args: AppArgs) -> ServeSettings:
 
 
 def build_app(args: AppArgs) -> serve.Application:
-    from serve_apps.service import prepare_assets
+    from serve_apps.worker import prepare_assets
 
     settings = load_settings(args)
     prepare_assets(settings, progress=True)  # once here, so replicas start from finished assets

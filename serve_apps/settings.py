@@ -24,6 +24,8 @@ class ServeLimits(StageConfig):
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="max_images x a generous crop")
     max_pixels: int = Field(2048 * 1024, ge=64, description="decoded width x height per image, checked before "
                             "decoding (decompression-bomb guard); person crops are far smaller")
+    min_side: int = Field(16, ge=1, description="a crop with a shorter side below 16 px holds no identity to learn "
+                          "(Market-1501 crops are 64 px wide, the toy world's 32)")
     formats: list[Literal["JPEG", "PNG", "WEBP", "BMP"]] = Field(
         ["JPEG", "PNG"], min_length=1, description="what PIL must decode the bytes as (the name does not count)")
     max_queued_jobs: int = Field(16, ge=1, description="jobs queued or running; beyond it uploads get 429")
@@ -41,7 +43,8 @@ class JobOptions(StageConfig):
     adapter_mode: AdapterModeOption | None = Field(None, description="lora (fast switching) or dreambooth")
     steps: int | None = Field(None, ge=1, description="adapter training steps (adapter.steps)")
     seed: int | None = Field(None, ge=0, description="runtime seed and sampler seed_base")
-    threshold: float | None = Field(None, ge=0, le=1, description="Re-ID CTF keep threshold (filter.threshold)")
+    threshold: float | None = Field(None, ge=0, le=1, description="keep threshold of the deciding filter, Re-ID "
+                                    "CTF by default (filter.threshold)")
 
 
 def toy_build_config() -> BuildConfig:
@@ -86,7 +89,8 @@ class ServeSettings(StageConfig):
     torch_threads: int = Field(0, ge=0, description="torch threads per replica; 0 = torch's default (all cores)")
     build: BuildConfig = Field(default_factory=toy_build_config,
                                description="how each identity is built; sources[0] is the reference gallery "
-                               "(rival identities for Re-ID CTF) and the filter model's training set")
+                               "(rival identities for Re-ID CTF and CCTF) and the filter model's training set; "
+                               "build.filter.filters: any of reid_ctf, cctf, clip, built as the build builds them")
 
     @model_validator(mode="after")
     def _check(self) -> "ServeSettings":
@@ -99,8 +103,9 @@ class ServeSettings(StageConfig):
         if b.adapter.mode == "shared_lora_ti":
             raise ConfigError("build.adapter.mode: shared_lora_ti trains many identities at once; "
                               "the service trains one per upload (use lora or dreambooth)")
-        if b.filter.filters != ["reid_ctf"]:
-            raise ConfigError(f"build.filter.filters: the service scores with ['reid_ctf'], got {b.filter.filters}")
+        if "clip" in b.filter.filters and not b.filter.clip_model_dir and not b.tiny_base_model:
+            raise ConfigError("build.filter.clip_model_dir: required when 'clip' is among build.filter.filters "
+                              "(a local CLIPModel folder; with build.tiny_base_model a tiny CLIP is built instead)")
         if self.limits.min_images > self.limits.max_images:
             raise ConfigError("limits.min_images must be <= limits.max_images")
         return self

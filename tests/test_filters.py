@@ -341,6 +341,53 @@ def test_build_filters_and_score_all(tmp_path, person_images, untrained_model_di
         build_filters(cfg.model_copy(update={"gallery_dir": None}), records, runtime=RuntimeConfig())
 
 
+def test_build_filters_extra_records_join_in_memory_only(tmp_path, person_images, untrained_model_dir,
+                                                          tiny_clip_dir):
+    """The service's case: a cached source gallery (pids 1, 2) + an uploaded identity's crops under a new pid."""
+    from diffreid.data.types import ImageRecord
+    from tests.conftest import _folder_snapshot
+
+    images, pids = person_images
+    records = []
+    for i, (img, pid) in enumerate(zip(images, pids)):
+        path = tmp_path / "src" / f"{pid:04d}_c1s1_{i:06d}_00.jpg"
+        save_image_atomic(img, path)
+        records.append(ImageRecord(str(path), int(pid), 0))
+    source = [r for r in records if r.pid != 3]
+    new_pid = max(r.pid for r in source) + 1 + 96  # above every source pid
+    extras = [ImageRecord(r.path, new_pid, 0) for r in records if r.pid == 3]
+    cfg = FilterConfig.load(None, ["filters=[reid_ctf, cctf, clip]", "cctf_steps=20"],
+                            reid_model_dir=str(untrained_model_dir), clip_model_dir=str(tiny_clip_dir),
+                            gallery_dir=str(tmp_path / "cache"))
+    runtime = RuntimeConfig(device="cpu")
+    plain = build_filters(cfg, source, runtime=runtime)
+    cache = _folder_snapshot(tmp_path / "cache")
+    assert {"reid_gallery/index.faiss", "cctf_classifier/classifier.json"} <= set(cache)
+
+    extended = build_filters(cfg, source, runtime=runtime, extra_records=extras)
+    assert _folder_snapshot(tmp_path / "cache") == cache  # nothing of the extras was written
+    assert json.loads((tmp_path / "cache" / "reid_gallery" / "gallery.json").read_text())["count"] == len(source)
+    gallery = extended["reid_ctf"].gallery
+    assert gallery.size == len(source) + len(extras) and plain["reid_ctf"].gallery.size == len(source)
+    assert gallery.meta["fingerprint"] != plain["reid_ctf"].gallery.meta["fingerprint"]
+
+    # the extra identity's own crops find it first, and every filter scores the new pid
+    own = [Image.open(r.path).convert("RGB") for r in extras]  # the files themselves: similarity 1
+    extract = model_extractor(untrained_model_dir, runtime)
+    assert np.all(gallery.search(extract(own), 1).pids[:, 0] == new_pid)
+    scores = score_all(extended, own, [new_pid] * len(own))
+    np.testing.assert_allclose(scores["reid_ctf_own_sim"], 1.0, atol=1e-4)
+    assert np.all(scores["reid_ctf_best_other_pid"] != new_pid)
+    assert new_pid in extended["cctf"].classifier.pids and new_pid not in plain["cctf"].classifier.pids
+    assert extended["cctf"].classifier.meta["train_images"] == len(source) + len(extras)
+    assert scores["clip"].shape == (len(own),)
+    for name in ("reid_ctf", "cctf"):  # without the extras the new pid is unknown
+        with pytest.raises(FilterError, match=str(new_pid)):
+            plain[name].score(own[:1], [new_pid])
+    again = build_filters(cfg, source, runtime=runtime)  # the cache still serves the plain source
+    assert _folder_snapshot(tmp_path / "cache") == cache and again["reid_ctf"].gallery.size == len(source)
+
+
 # ------------------------------------------------------------------ honest separation on the toy world
 @pytest.fixture(scope="module")
 def toy_world_filters(tmp_path_factory):

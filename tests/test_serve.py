@@ -18,6 +18,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMITS = {"min_images": 3, "max_images": 6, "max_file_bytes": 64 * 1024, "max_request_bytes": 256 * 1024,
           "max_pixels": 512 * 512, "max_queued_jobs": 3, "retry_after_s": 7, "max_num_images": 16,
           "max_adapter_steps": 100, "max_generate_images": 8}
+FILTERS = ("reid_ctf", "cctf", "clip")  # the toy setup builds a tiny CLIP (tiny_base_model)
 IDS: dict[str, str] = {}  # identities shared by the tests of this module, in file order
 
 
@@ -36,9 +37,10 @@ def service(ray_cluster, tmp_path_factory):
     if not ray.is_initialized():
         ray.init(address=ray_cluster["address"], log_to_driver=False)
     root = tmp_path_factory.mktemp("serve")
+    build = toy_build_config().model_dump(mode="json")
+    build["filter"]["filters"] = list(FILTERS)  # every filter the build offers; Re-ID CTF decides
     settings = {"storage": str(root / "store"), "assets_dir": str(root / "assets"), "token": TOKEN,
-                "torch_threads": 1, "adapter_cache": 2, "worker_poll_s": 0.2, "limits": LIMITS,
-                "build": toy_build_config().model_dump(mode="json")}
+                "torch_threads": 1, "adapter_cache": 2, "worker_poll_s": 0.2, "limits": LIMITS, "build": build}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(AppArgs(settings=settings)), name="diffreid", route_prefix="/")
@@ -90,6 +92,12 @@ def noise_png(side: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+def strip_png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 40, 20)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A valid small PNG whose header claims width x height (a decompression bomb's calling card)."""
     buf = io.BytesIO()
@@ -108,6 +116,7 @@ def test_full_flow_upload_done_archive(http, service):
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["state"] == "queued" and body["status_url"].endswith(body["id"])
+    assert r.headers["location"] == body["status_url"]
     IDS["a"] = ident = body["id"]
     for key, seed in (("b", 2), ("c", 3)):  # queued now, used by the LRU test
         r = upload(http, crops(seed), num_images=2)
@@ -120,7 +129,7 @@ def test_full_flow_upload_done_archive(http, service):
     assert [h["state"] for h in state["history"]][:5] == ["queued", "queued", "training", "generating", "filtering"]
 
     images = http.get(f"/v1/identities/{ident}/images", headers=AUTH).json()["images"]
-    assert len(images) == 4 and all(im["kept"] and 0 <= im["score_reid_ctf"] <= 1 for im in images)
+    assert len(images) == 4 and all(im["kept"] and 0 <= im[f"score_{name}"] <= 1 for im in images for name in FILTERS)
     assert all("sks person" in im["prompt"] and im["adapter"] == "adapters/1" for im in images)
     png = http.get(images[0]["url"], headers=AUTH)
     assert png.status_code == 200 and Image.open(io.BytesIO(png.content)).size == (32, 64)
@@ -154,6 +163,8 @@ def test_generate_twice_reuses_resident_adapter(http):
     assert indices == list(range(4, 9))  # after the job's 4 images, never repeated
     image = Image.open(io.BytesIO(__import__("base64").b64decode(second["images"][0]["png_base64"])))
     assert image.size == (32, 64)
+    for im in first["images"] + second["images"]:  # every enabled filter's score, the deciding one as "score"
+        assert all(0 <= im[f"score_{name}"] <= 1 for name in FILTERS) and im["score"] == im["score_reid_ctf"]
 
 
 def test_lru_eviction_beyond_capacity(http):
@@ -191,6 +202,10 @@ def bad_cases():
         ("zero files", "upload", {"files": []}, 422),
         ("too few files", "upload", {"files": good[:2]}, 422),
         ("too many files", "upload", {"files": good * 2 + good[:1]}, 413),
+        ("tiny crop", "upload", {"files": good[:2] + [("dot.png", noise_png(1), "image/png")],
+                                 "detail": ["'dot.png'", "1x1", "limits.min_side 16"]}, 422),
+        ("crop one side short", "upload", {"files": good[:2] + [("strip.png", strip_png(64, 8), "image/png")],
+                                           "detail": ["'strip.png'", "limits.min_side 16"]}, 422),
         ("oversize file", "upload", {"files": good[:2] + [("big.png", noise_png(200), "image/png")]}, 413),
         ("oversize request", "upload", {"files": big_files}, 413),
         ("huge dimensions", "upload", {"files": good[:2] + [("bomb.png", png_claiming(30000, 30000), "image/png")]},
@@ -233,6 +248,8 @@ def test_bad_input_answered_with_4xx_and_server_stays_healthy(http, case):
     assert r.status_code == expected, (r.status_code, r.text)
     if r.headers.get("content-type", "").startswith("application/json"):
         assert r.json()["detail"]  # a message, not an empty body
+    for text in spec.get("detail", ()):  # it names the file and the limit
+        assert text in r.json()["detail"], r.json()["detail"]
     assert http.get("/healthz").json() == {"status": "ok"}  # no token needed
 
 
@@ -334,9 +351,74 @@ def test_state_survives_killing_replicas(http):
     assert set(IDS.values()) <= set(http.get("/v1/identities", headers=AUTH).json()["identities"])
 
 
+def test_openapi_describes_every_response_and_real_answers_match_it(http):
+    """/openapi.json of the running app: each operation has its success response with a schema, every error the
+    one error body, path parameters their patterns; real answers validate against what the document says."""
+    import jsonschema
+
+    doc = http.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert schemas["ErrorBody"]["required"] == ["detail"]
+    assert schemas["ErrorBody"]["properties"]["detail"]["type"] == "string"
+    assert "HTTPValidationError" not in schemas  # request validation errors carry the one error body too
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    operations = [(method, path, op) for path, ops in doc["paths"].items() for method, op in ops.items()]
+    assert len(operations) == 9, [(m, p) for m, p, _ in operations]
+    for method, path, op in operations:
+        where = f"{method.upper()} {path}"
+        success = [code for code in op["responses"] if code.startswith("2")]
+        assert len(success) == 1, where
+        answer = op["responses"][success[0]]
+        if success[0] == "204":
+            assert "content" not in answer, where
+        else:
+            content = answer["content"]
+            if "application/json" in content:
+                assert content["application/json"]["schema"]["$ref"].startswith("#/components/schemas/"), where
+            else:  # an image or the archive
+                assert all(c["schema"] == {"type": "string", "format": "binary"} for c in content.values()), where
+        failures = {code: r for code, r in op["responses"].items() if not code.startswith("2")}
+        if path != "/healthz":
+            assert {"401", "default"} <= set(failures), where
+        assert all(r["content"]["application/json"]["schema"] == error_body for r in failures.values()), where
+        for param in op.get("parameters", []):
+            if param["in"] == "path":
+                assert param["schema"]["pattern"], where
+                if param["name"] == "ident":
+                    assert param["schema"]["pattern"] == "^[0-9a-f]{32}$", where
+
+    def check(response, method, path):
+        responses = doc["paths"][path][method]["responses"]
+        documented = responses.get(str(response.status_code)) or responses["default"]
+        schema = documented["content"]["application/json"]["schema"]
+        jsonschema.validate(response.json(), {**schema, "components": doc["components"]})
+
+    one = "/v1/identities/{ident}"
+    a, unknown = IDS["a"], "0" * 32
+    check(http.get("/healthz"), "get", "/healthz")
+    check(http.get("/v1/identities", headers=AUTH), "get", "/v1/identities")
+    check(http.get(f"/v1/identities/{a}", headers=AUTH), "get", one)
+    check(http.get(f"/v1/identities/{a}/images?include_dropped=true", headers=AUTH), "get", one + "/images")
+    generated = http.post(f"/v1/identities/{a}/generate", json={"num_images": 2, "include_dropped": True},
+                          headers=AUTH)
+    assert generated.status_code == 200, generated.text
+    check(generated, "post", one + "/generate")
+    for response, method, path, code in [
+        (http.get(f"/v1/identities/{unknown}", headers=AUTH), "get", one, 404),
+        (http.get("/v1/identities/not-an-id", headers=AUTH), "get", one, 400),
+        (http.get(f"/v1/identities/{a}", headers={}), "get", one, 401),
+        (http.post(f"/v1/identities/{a}/generate", json={"num_images": "many"}, headers=AUTH), "post",
+         one + "/generate", 422),
+        (http.get(f"/v1/identities/{a}/images?include_dropped=maybe", headers=AUTH), "get", one + "/images", 422),
+    ]:
+        assert response.status_code == code, (path, response.text)
+        assert str(code) in doc["paths"][path][method]["responses"], (path, code)
+        check(response, method, path)
+
+
 def test_store_round_trips_through_an_object_store_url(tmp_path):
     """The fsspec path used for s3:// and gs://, exercised on fsspec's in-memory filesystem."""
-    from serve_apps.service import Registry, Store
+    from serve_apps.store import Registry, Store
 
     store = Store("memory://diffreid-test", scratch_dir=str(tmp_path / "scratch"))
     assert not store.is_local

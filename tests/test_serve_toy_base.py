@@ -16,7 +16,9 @@ def test_toy_base_preset_builds_an_uploaded_identity(tmp_path):
     from diffreid.data.toyworld import render_identity_images, sample_identity
     from diffreid.generation.toy_captioner import ToyCaptioner
     from diffreid.models.assets import resolve_model_path
-    from serve_apps.service import JobRunner, create_identity, list_images, read_image
+    from serve_apps.results import list_images, read_image
+    from serve_apps.uploads import create_identity
+    from serve_apps.worker import JobRunner
     from serve_apps.settings import ServeSettings
 
     settings = ServeSettings.load(PRESET, [f"storage={tmp_path / 'store'}", f"assets_dir={tmp_path / 'assets'}",

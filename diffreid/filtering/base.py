@@ -7,7 +7,9 @@ extra columns such as the Re-ID margin): a threshold can then be changed without
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -106,6 +108,17 @@ class ImageFilter(Protocol):
     threshold: float
 
     def score(self, images: Sequence[Image.Image], claimed_pids: Sequence[int]) -> FilterScores: ...
+
+
+def model_key(model_dir: str | Path) -> str:
+    """Identifies a saved model by its resolved folder and its files' sizes and mtimes."""
+    folder = Path(model_dir).resolve()
+    h = hashlib.sha256(str(folder).encode())
+    for f in sorted(folder.glob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
 
 
 def check_batch(images: Sequence[Image.Image], claimed_pids: Sequence[int]) -> np.ndarray:

@@ -5,6 +5,7 @@ category, not the identity (paper §3.2), so the claimed pid is accepted for the
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -14,12 +15,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from diffreid.filtering.base import FilterError, FilterScores, check_batch
+from diffreid.filtering.base import FilterConfig, FilterError, FilterScores, check_batch, model_key
 from diffreid.filtering.gallery import replace_folder
 
 TINY_CLIP_WORDS = ("a", "photo", "of", "person", "an", "empty", "street", "building", "random", "noise",
                    "blurry", "abstract", "pattern")
 TINY_CLIP_RECORD = "diffreid_tiny_clip.json"
+TINY_CLIP_DIR = "tiny-clip"
 
 
 def pad_to_square(image: Image.Image) -> Image.Image:
@@ -27,6 +29,16 @@ def pad_to_square(image: Image.Image) -> Image.Image:
     canvas = Image.new("RGB", (side, side), (0, 0, 0))
     canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
     return canvas
+
+
+@functools.lru_cache(maxsize=2)
+def _loaded_clip(folder: str, key: str, device, dtype):
+    """One eval-mode CLIPModel + CLIPProcessor per folder state, device and dtype in a process (read only, so
+    every CLIPFilter built from the folder shares it)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device).eval()
+    return model, CLIPProcessor.from_pretrained(folder, local_files_only=True)
 
 
 class CLIPFilter:
@@ -37,7 +49,6 @@ class CLIPFilter:
                  threshold: float = 0.5, pad_square: bool = True, batch_size: int = 64, device=None,
                  dtype=None):
         import torch
-        from transformers import CLIPModel, CLIPProcessor
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -47,9 +58,8 @@ class CLIPFilter:
             raise FilterError("CLIP filter needs at least one positive and one negative prompt")
         self.device = torch.device(device or "cpu")
         self.dtype = dtype or torch.float32
-        self.model = CLIPModel.from_pretrained(model_dir, local_files_only=True, dtype=self.dtype)
-        self.model.to(self.device).eval()
-        self.processor = CLIPProcessor.from_pretrained(model_dir, local_files_only=True)
+        self.model, self.processor = _loaded_clip(str(model_dir.resolve()), model_key(model_dir), self.device,
+                                                  self.dtype)
         self.prompts = [*positive_prompts, *negative_prompts]
         self.num_positive = len(positive_prompts)
         self.threshold = float(threshold)
@@ -80,6 +90,15 @@ class CLIPFilter:
             out.append(probs.cpu().numpy())
         scores = np.concatenate(out) if out else np.zeros(0, np.float32)
         return FilterScores.from_scores(scores, self.threshold)
+
+
+def clip_model_path(cfg: FilterConfig, out_dir: str | Path, tiny: bool) -> str | None:
+    """The CLIP folder of the enabled filters, by the toy-fallback convention of the base model
+    (``diffreid.build.base_model_path``): ``cfg.clip_model_dir`` when set; else, with ``tiny``, the tiny CLIP
+    built into OUT/models/tiny-clip (once); else None (``build_filters`` then names the missing field)."""
+    if cfg.clip_model_dir or "clip" not in cfg.filters or not tiny:
+        return cfg.clip_model_dir
+    return str(build_tiny_clip(Path(out_dir) / "models" / TINY_CLIP_DIR))
 
 
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:

@@ -260,3 +260,20 @@ def build_or_load(folder: str | Path, records: Sequence[ImageRecord],
                                  fingerprint=fingerprint, **index_kwargs)
     gallery.save(folder)
     return gallery
+
+
+def extend_gallery(gallery: FaissGallery, records: Sequence[ImageRecord], extract: Callable[[list], np.ndarray],
+                   *, use_gpu: bool = False, **index_kwargs: Any) -> FaissGallery:
+    """``gallery`` plus ``records`` (their features extracted now), built in memory and never saved: a cached
+    source gallery stays as written while each caller adds identities of its own. The fingerprint covers both."""
+    if not records:
+        return gallery
+    features = l2_normalise(extract([rec.path for rec in records]))
+    if features.shape[0] != len(records):
+        raise GalleryError(f"extract returned {features.shape[0]} feature rows for {len(records)} extra images")
+    if features.shape[1] != gallery.dim:
+        raise GalleryError(f"extra records: features of dimension {features.shape[1]}, the gallery's are {gallery.dim}")
+    fingerprint = records_fingerprint(records, {"base": gallery.meta.get("fingerprint", "")})
+    return FaissGallery.build(np.concatenate([gallery.features, features]),
+                              np.concatenate([gallery.pids, np.asarray([rec.pid for rec in records], np.int64)]),
+                              use_gpu=use_gpu, fingerprint=fingerprint, **index_kwargs)
