@@ -120,3 +120,13 @@ def test_resolved_config_round_trips(path, tmp_path):
     cfg.to_yaml(tmp_path / "config.yaml")
     again = stage.config_model().load(tmp_path / "config.yaml")
     assert again.model_dump(mode="json") == cfg.model_dump(mode="json")
+
+
+def test_run_all_refuses_overrides_beside_a_config_object(tmp_path):
+    from diffreid.config import ConfigError
+    from diffreid.distributed.run_all import RunAllConfig, run_all
+
+    cfg = RunAllConfig.load(str(REPO / "configs" / "toy-run-all.yaml"))
+    with pytest.raises(ConfigError, match="apply to a YAML file"):
+        run_all(cfg, tmp_path / "out", overrides=["pretrain.epochs=1"])
+    assert not (tmp_path / "out").exists()

@@ -36,6 +36,9 @@ def run_all(config: str | Path | RunAllConfig, out_dir: str | Path, overrides: l
     from diffreid.distributed.finetune import run_finetune_eval_ray
     from diffreid.distributed.train import pretrain_with_ray
 
+    if isinstance(config, RunAllConfig) and overrides:
+        raise ConfigError(f"overrides {list(overrides)[:3]} given with a RunAllConfig object: they apply to a YAML "
+                          "file; change the object's fields (model_copy) instead")
     run = config if isinstance(config, RunAllConfig) else RunAllConfig.load(config, overrides=list(overrides))
     out = Path(out_dir).resolve()
     build_cfg, pretrain_cfg = run.build, run.pretrain
