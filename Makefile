@@ -28,7 +28,16 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(BIN)/diffreid demo --quick
 
-test: $(STAMP)
+# the browser test (tests/test_serve_page.py) drives Debian's chromium through chromium-driver (same version);
+# installed once when missing and we are root, as on CI; otherwise that test says what to install and skips
+CHROMEDRIVER := /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium + chromium-driver (apt) for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; \
+	else echo "no $(CHROMEDRIVER): apt-get install chromium chromium-driver to run tests/test_serve_page.py"; fi
+
+test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/python -m pytest -q -ra --durations=15
 
 bench: $(STAMP)

@@ -4,7 +4,8 @@ identity-consistent synthetic images.
 Three deployments, composed with ``.bind()`` by the typed builder :func:`build_app`:
 
 * ``Ingress`` — FastAPI routes typed by ``schemas.py`` (OpenAPI at /docs): checks every request, reads and
-  writes the store (``store.py``, ``uploads.py``, ``results.py``);
+  writes the store (``store.py``, ``uploads.py``, ``results.py``); ``GET /`` is a web page over the same API
+  (``static/index.html``);
 * ``Worker`` — one replica running queued jobs (caption -> reference set -> adapter -> sample -> filter) in a
   background thread (``worker.py``); a restarted replica picks the store's queue up again;
 * ``Generator`` — ``POST /generate`` (``sampler.py``): adapters kept resident with ``@serve.multiplexed`` (LRU,
@@ -24,7 +25,7 @@ from typing import Annotated, Literal
 
 from fastapi import FastAPI, File, Form, Path as PathParam, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 from ray import serve
 
@@ -41,8 +42,12 @@ from serve_apps.worker import JobRunner
 bind_serve_replicas_to_loopback()  # replicas import this module before their gRPC server starts
 
 API = "/v1/identities"
-OPEN_PATHS = {"/healthz"}
+OPEN_PATHS = {"/", "/healthz"}  # the page holds no data: it asks for the token and sends it on each call
 DOC_PATHS = {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
+
+PAGE = (Path(__file__).parent / "static" / "index.html").read_text()
+PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' blob: data:; connect-src 'self' blob:; frame-ancestors 'none'")
 
 app = FastAPI(title="diffreid augmentation service", version="1",
               description="Upload a few crops of a new person; the service trains an identity adapter and returns "
@@ -120,8 +125,8 @@ class Ingress:
         app.state.ingress = self
 
     async def guard(self, request: Request, call_next):
-        """Bearer token (constant-time) on every route but /healthz, then the request-size limit, both before
-        the body is read."""
+        """Bearer token (constant-time) on every route but OPEN_PATHS (the page, /healthz), then the
+        request-size limit, both before the body is read."""
         path = request.url.path
         open_path = path in OPEN_PATHS or (self.settings.public_docs and path in DOC_PATHS)
         if self.token and not open_path:
@@ -138,6 +143,11 @@ class Ingress:
                 return JSONResponse({"detail": f"request body of {length} bytes > limits.max_request_bytes {limit}"},
                                     status_code=413)
         return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """Upload crops, watch the job, see kept/dropped images with scores, generate more, download, delete."""
+        return HTMLResponse(PAGE, headers={"Content-Security-Policy": PAGE_CSP})
 
     @app.get("/healthz", response_model=Health)
     async def healthz(self) -> dict:

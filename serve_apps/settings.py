@@ -74,8 +74,8 @@ class ServeSettings(StageConfig):
     scratch_dir: str = Field("", description="local working folder when storage is remote ('' = system temp)")
     assets_dir: str = Field("outputs/serve/assets", description="local: built base model, filter Re-ID model, "
                             "reference gallery cache (made once, reused)")
-    token: str | None = Field(None, description="Bearer token required on every route but /healthz; None = "
-                              "read token_env, and no auth when that is unset too")
+    token: str | None = Field(None, description="Bearer token required on every route but / (the page, which "
+                              "asks for it) and /healthz; None = read token_env, and no auth when that is unset too")
     token_env: str = Field("DIFFREID_SERVE_TOKEN", description="keeps the secret out of YAML files")
     public_docs: bool = Field(True, description="/docs and /openapi.json hold no identity data")
     limits: ServeLimits = Field(default_factory=ServeLimits, description="request limits, each a clear 4xx")
