@@ -16,6 +16,7 @@ from diffreid.data.toyworld import (ToyWorldConfig, make_camera, render_person, 
 from diffreid.filtering import (CCTF, CLIPFilter, FaissGallery, FilterConfig, FilterError, GalleryError,
                                 IdentityClassifier, ImageFilter, ReIDCTF, build_filters, build_or_load,
                                 build_tiny_clip, decide, model_extractor, score_all)
+from diffreid.filtering.reid_ctf import similarity_floor
 from diffreid.io import save_image_atomic
 from diffreid.reid.model import ReIDModelConfig, build_reid_model, save_reid_model
 
@@ -232,6 +233,30 @@ def test_reid_ctf_modes_and_truncated_search():
         ReIDCTF(None, gallery, mode="best")
 
 
+def test_reid_ctf_similarity_floor_drops_what_is_close_to_nobody():
+    feats, pids, centres = clustered(n_ids=6, per_id=5, dim=16)
+    gallery = FaissGallery.build(feats, pids)
+    # random directions: close to nobody, yet each relatively nearest to one identity, which it claims
+    stray = l2n(np.random.default_rng(3).normal(size=(40, 16)))
+    pick = np.argsort(-(stray @ centres.T).max(axis=1))[10:12]  # not the luckiest ones
+    stray = stray[pick]
+    queries = np.concatenate([near(centres, [0, 1]), stray])
+    claimed = np.concatenate([[10, 20], ((stray @ centres.T).argmax(axis=1) + 1) * 10])
+    plain = ReIDCTF(lambda x: x, gallery, temperature=0.05).score_features(queries, claimed)
+    floored = ReIDCTF(lambda x: x, gallery, temperature=0.05, min_similarity="auto").score_features(queries, claimed)
+    floor = similarity_floor(gallery)
+    assert 0 < floor < 1
+    own = floored.extras["own_sim"]
+    assert np.all(own[:2] >= floor) and np.all(own[2:] < floor)
+    assert np.allclose(floored.scores[:2], plain.scores[:2]) and np.all(floored.scores[2:] == 0)
+    assert not floored.keep[2:].any() and plain.scores[2:].min() > 0.3
+    assert FilterConfig().min_similarity is None  # off by default: the paper's filter
+
+
+def l2n(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def test_reid_ctf_single_identity_gallery():
     feats, pids, centres = clustered(n_ids=1, per_id=4)
     gallery = FaissGallery.build(feats, pids)
@@ -424,7 +449,8 @@ def test_filters_separate_own_identity_from_others_and_noise(toy_world_filters):
     ids = np.unique(pids)
     wrong = ids[(np.searchsorted(ids, pids) + rng.integers(1, len(ids), size=len(pids))) % len(ids)]
     assert np.all(wrong != pids)
-    noise = [Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)) for _ in pids]
+    noise = [Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)) for _ in pids[::2]]
+    noise += [Image.new("RGB", (W, H), tuple(int(c) for c in rng.integers(0, 256, 3))) for _ in pids[1::2]]
 
     own, other, junk = (score_all(filters, imgs, claimed) for imgs, claimed in
                         ((images, pids), (images, wrong), (noise, pids)))

@@ -89,7 +89,7 @@ def build_filters(cfg: FilterConfig, source_records: Sequence[ImageRecord], *, r
         if "reid_ctf" in cfg.filters:
             filters["reid_ctf"] = ReIDCTF(reid_extract, gallery, mode=cfg.reid_confidence,
                                           temperature=cfg.temperature, search_k=cfg.search_k,
-                                          threshold=cfg.threshold_of("reid_ctf"))
+                                          threshold=cfg.threshold_of("reid_ctf"), min_similarity=cfg.min_similarity)
 
     # 3. CCTF: linear head on the (Re-ID or own) features of the source (+ extra) images
     if "cctf" in cfg.filters:

@@ -16,6 +16,10 @@ For a generated image with Re-ID feature q claimed to show identity c:
 Extra columns: ``own_sim``, ``best_other_sim`` (-1 when no other identity exists, the k-th similarity as
 an upper bound when none was found within the top-k), ``margin`` = own - best_other_sim and
 ``best_other_pid`` (-1 when none).
+
+A similarity floor (``min_similarity``) sets the confidence to 0 when ``own`` is below it: softmax and
+margin are relative, so an image close to nobody (no person, colour noise) could otherwise be "most likely"
+its claimed identity. ``"auto"`` calibrates the floor on the gallery itself (:func:`similarity_floor`).
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ class ReIDCTF:
     name = "reid_ctf"
 
     def __init__(self, extract: FeatureExtractor, gallery: FaissGallery, *, mode: ReIDConfidence = "softmax",
-                 temperature: float = 0.05, search_k: int = 256, threshold: float = 0.5):
+                 temperature: float = 0.05, search_k: int = 256, threshold: float = 0.5,
+                 min_similarity: float | str | None = None):
         if mode not in ("softmax", "margin", "similarity"):
             raise FilterError(f"mode: expected softmax, margin or similarity, got {mode!r}")
         if temperature <= 0:
@@ -45,6 +50,7 @@ class ReIDCTF:
         self.temperature = float(temperature)
         self.search_k = int(search_k)
         self.threshold = float(threshold)
+        self.min_similarity = similarity_floor(gallery) if min_similarity == "auto" else min_similarity
 
     def score(self, images: Sequence[Image.Image], claimed_pids: Sequence[int]) -> FilterScores:
         pids = check_batch(images, claimed_pids)
@@ -79,6 +85,8 @@ class ReIDCTF:
             else:
                 best_sim[i] = -1.0 if exhaustive or not valid.any() else sims.min()
             conf[i] = self.confidence(own[i], rival_sims, best_sim[i])
+        if self.min_similarity is not None:
+            conf[own < self.min_similarity] = 0.0
         extras = {"own_sim": own.astype(np.float32), "best_other_sim": best_sim,
                   "margin": (own - best_sim).astype(np.float32), "best_other_pid": best_pid}
         return FilterScores.from_scores(conf, self.threshold, extras)
@@ -103,3 +111,18 @@ class ReIDCTF:
     def empty_extras() -> dict[str, np.ndarray]:
         f = np.zeros(0, dtype=np.float32)
         return {"own_sim": f, "best_other_sim": f, "margin": f, "best_other_pid": np.zeros(0, dtype=np.int64)}
+
+
+def similarity_floor(gallery: FaissGallery, quantile: float = 0.05) -> float | None:
+    """The ``quantile`` of real images' similarity to the nearest other image of their own identity: a real
+    crop is below it 1 time in 20. None when no identity has two images."""
+    best = []
+    for pid in np.unique(gallery.pids):
+        rows = gallery.rows_of(pid)
+        if len(rows) < 2:
+            continue
+        feats = gallery.features[rows]
+        sims = feats @ feats.T
+        np.fill_diagonal(sims, -np.inf)
+        best.append(sims.max(axis=1))
+    return float(np.quantile(np.concatenate(best), quantile)) if best else None
