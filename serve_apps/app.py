@@ -6,8 +6,9 @@ Three deployments, composed with ``.bind()`` by the typed builder :func:`build_a
 * ``Ingress`` — FastAPI routes typed by ``schemas.py`` (OpenAPI at /docs): checks every request, reads and
   writes the store (``store.py``, ``uploads.py``, ``results.py``); ``GET /`` is a web page over the same API
   (``static/index.html``);
-* ``Worker`` — one replica running queued jobs (caption -> reference set -> adapter -> sample -> filter) in a
-  background thread (``worker.py``); a restarted replica picks the store's queue up again;
+* ``Worker`` — replicas (``worker_replicas``, 2) running queued jobs (caption -> reference set -> adapter ->
+  sample -> filter) in a background thread, each job under a lease in the store; a replica that dies loses its
+  lease and another one takes the job over;
 * ``Generator`` — ``POST /generate`` (``sampler.py``): adapters kept resident with ``@serve.multiplexed`` (LRU,
   capacity ``adapter_cache``) and requests sharing an adapter merged with ``@serve.batch``.
 
@@ -228,9 +229,10 @@ class Ingress:
         return Response(status_code=204)
 
 
-@serve.deployment(name="Worker", num_replicas=1, ray_actor_options={"num_cpus": 1})
+@serve.deployment(name="Worker", ray_actor_options={"num_cpus": 1})
 class Worker:
-    """Runs queued jobs one at a time in a thread; state lives in the store, so a new replica resumes."""
+    """Runs queued jobs one at a time in a thread; state and job leases live in the store, so several replicas
+    share the queue without running a job twice, and a replacement replica resumes."""
 
     def __init__(self, settings: dict):
         self.settings = ServeSettings.model_validate(settings)
@@ -335,6 +337,6 @@ def build_app(args: AppArgs) -> serve.Application:
     settings = load_settings(args)
     prepare_assets(settings, progress=True)  # once here, so replicas start from finished assets
     data = settings.model_dump(mode="json")
-    worker = Worker.bind(data)
+    worker = Worker.options(num_replicas=settings.worker_replicas).bind(data)
     generator = generator_deployment(settings).bind(data)
     return Ingress.bind(worker, generator, data)

@@ -86,6 +86,10 @@ class ServeSettings(StageConfig):
     generate_batch_wait_s: float = Field(0.02, ge=0, description="wait for requests sharing an adapter")
     worker_poll_s: float = Field(1.0, gt=0, description="how often the worker looks at the queue when idle")
     max_attempts: int = Field(2, ge=1, description="a job whose worker died this many times is marked failed")
+    worker_replicas: int = Field(2, ge=1, description="job workers; with two, a job whose worker dies is taken "
+                                 "over once its lease lapses, without waiting for a replacement replica")
+    lease_ttl_s: float = Field(60.0, gt=0, description="a job's lease lapses this long after its worker's last "
+                               "renewal (every ttl/3), then another Worker replica takes the job over")
     torch_threads: int = Field(0, ge=0, description="torch threads per replica; 0 = torch's default (all cores)")
     build: BuildConfig = Field(default_factory=toy_build_config,
                                description="how each identity is built; sources[0] is the reference gallery "

@@ -6,6 +6,7 @@ Store layout (a folder, or any fsspec URL such as ``s3://bucket/prefix``)::
     identities/<id>/work/uploads/NNN.png  the decoded, re-encoded crops
     identities/<id>/work/{captions,refsets,adapters}/   library caches (resume after a crash)
     identities/<id>/work/dataset/         Diff-Person folder of this identity (Market layout + manifest)
+    identities/<id>/leases/NNNNNN.json    the job's leases, one generation per file: {owner, expires, released}
     queue/<created_ns>-<id>               one entry per queued or running job, removed when it ends
 
 The filter gallery of an identity is the reference dataset's train images (the rivals that make Re-ID CTF's
@@ -37,6 +38,10 @@ class ServiceError(DiffreidError):
 
 class Cancelled(Exception):
     """The identity was deleted while its job ran."""
+
+
+class LeaseLost(Exception):
+    """Another worker took over this job: our lease expired (we stalled or were cut off from the store)."""
 
 
 def check_id(ident: str) -> str:
@@ -162,3 +167,61 @@ class Registry:
         self.state(ident)
         self.dequeue(ident)
         self.store.remove("identities", ident)
+
+
+class Leases:
+    """Which worker runs a job, across replicas and restarts, with nothing but the store.
+
+    A lease is a generation file ``identities/<id>/leases/NNNNNN.json``; the newest generation holds the job.
+    Claiming creates the next generation with an exclusive create (fsspec mode ``xb``: O_EXCL on a folder, a
+    conditional PUT on object stores that offer one), so of two workers racing for a free or expired lease
+    exactly one wins. The owner renews its file every ``ttl_s / 3``; a worker that died stops renewing, its
+    lease expires and the next claim takes the job over. An owner that finds a newer generation has lost the
+    job and stops without writing its state.
+    """
+
+    def __init__(self, store: Store, ttl_s: float):
+        self.store, self.ttl_s = store, float(ttl_s)
+
+    def _newest(self, ident: str) -> tuple[int, dict | None]:
+        names = [n for n in self.store.names("identities", ident, "leases") if re.fullmatch(r"\d{6}\.json", n)]
+        if not names:
+            return 0, None
+        newest = max(names)
+        return int(newest[:6]), self.store.read_json("identities", ident, "leases", newest)
+
+    def holder(self, ident: str) -> dict | None:
+        """The live lease of ``ident`` (None when free, released or expired)."""
+        _, lease = self._newest(ident)
+        if lease is None or lease.get("released") or lease["expires"] < time.time():
+            return None
+        return lease
+
+    def claim(self, ident: str, owner: str) -> int | None:
+        """The generation we now hold, or None when another worker holds a live lease."""
+        generation, lease = self._newest(ident)
+        if lease is not None and not lease.get("released") and lease["expires"] >= time.time() \
+                and lease["owner"] != owner:
+            return None
+        key = self.store.key("identities", ident, "leases", f"{generation + 1:06d}.json")
+        body = json.dumps({"owner": owner, "expires": time.time() + self.ttl_s, "released": False}).encode()
+        try:
+            self.store.fs.makedirs(self.store.key("identities", ident, "leases"), exist_ok=True)
+            with self.store.fs.open(key, "xb") as f:
+                f.write(body)
+        except FileExistsError:
+            return None
+        return generation + 1
+
+    def renew(self, ident: str, owner: str, generation: int, released: bool = False) -> None:
+        newest, lease = self._newest(ident)
+        if newest != generation or lease is None or lease["owner"] != owner:
+            raise LeaseLost(f"job {ident}: lease generation {newest} is not ours ({generation})")
+        lease.update(expires=time.time() + self.ttl_s, released=released)
+        self.store.write_json(lease, "identities", ident, "leases", f"{generation:06d}.json")
+
+    def release(self, ident: str, owner: str, generation: int) -> None:
+        try:
+            self.renew(ident, owner, generation, released=True)
+        except (LeaseLost, FileNotFoundError):
+            pass

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 from diffreid.build import BuildConfig
 from diffreid.filtering.base import FilterConfig
 from serve_apps.settings import ServeSettings
-from serve_apps.store import TERMINAL, Cancelled, Registry, ServiceError, Store
+from serve_apps.store import TERMINAL, Cancelled, LeaseLost, Leases, Registry, ServiceError, Store
 from serve_apps.uploads import job_config
 
 SOURCE = "upload"
@@ -130,12 +132,45 @@ class PipelineHolder:
         self.filter = UploadFilter(self.assets)
 
 
+class Heartbeat:
+    """Renews a job's lease every ttl/3 in a thread; ``guard(fn)`` makes ``fn`` raise LeaseLost once it is lost."""
+
+    def __init__(self, leases: Leases, ident: str, owner: str, generation: int):
+        self.leases, self.ident, self.owner, self.generation = leases, ident, owner, generation
+        self.lost, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lease-{ident[:8]}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.leases.ttl_s / 3):
+            try:
+                self.leases.renew(self.ident, self.owner, self.generation)
+            except LeaseLost:
+                self.lost.set()
+                return
+            except FileNotFoundError:  # the identity was deleted: the job notices through Cancelled
+                return
+
+    def guard(self, fn):
+        def guarded(*args, **kwargs):
+            if self.lost.is_set():
+                raise LeaseLost(f"job {self.ident}: lease lost")
+            return fn(*args, **kwargs)
+        return guarded
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 class JobRunner(PipelineHolder):
     """The job worker: caption -> reference set -> adapter -> sample -> filter -> write, one job at a time."""
 
     def __init__(self, settings: ServeSettings, assets: Assets | None = None, pipe=None):
         super().__init__(settings, assets, pipe)
         self.wake = threading.Event()
+        self.leases = Leases(self.registry.store, settings.lease_ttl_s)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def claim(self, ident: str) -> dict | None:
         """Start (or resume) a job; a job whose workers died ``max_attempts`` times is failed instead."""
@@ -153,7 +188,24 @@ class JobRunner(PipelineHolder):
         return self.registry.update(ident, note=note, attempts=state["attempts"] + 1, worker_pid=os.getpid())
 
     def run(self, ident: str) -> dict | None:
-        """Run one identity's job to done or failed; returns its final state (None: deleted meanwhile)."""
+        """Run one identity's job to done or failed under its lease; returns its final state (None: deleted
+        meanwhile, or run by another worker)."""
+        generation = self.leases.claim(ident, self.owner)
+        if generation is None:
+            return None  # another worker runs it
+        heartbeat = Heartbeat(self.leases, ident, self.owner, generation)
+        try:
+            return self._run_claimed(ident, heartbeat)
+        except LeaseLost:
+            return None  # the new owner finishes it
+        finally:
+            heartbeat.stop()
+            if not heartbeat.lost.is_set():
+                self.leases.release(ident, self.owner, generation)
+            if self.registry.read(ident) is None:  # deleted: no lease file may outlive it
+                self.registry.store.remove("identities", ident)
+
+    def _run_claimed(self, ident: str, heartbeat: "Heartbeat") -> dict | None:
         from diffreid.build import IdentityGenerator, identity_prompt, write_identity
         from diffreid.diffperson.writer import DiffPersonWriter
 
@@ -161,43 +213,47 @@ class JobRunner(PipelineHolder):
         if state is None:
             return None
         reg, store = self.registry, self.registry.store
+        update = heartbeat.guard(reg.update)
         stage = "training"
         try:
             work = store.pull("identities", ident, "work")
             cfg = job_config(self.settings, state["options"])
-            reg.update(ident, state="training", stage="training", progress=0.1)
+            update(ident, state="training", stage="training", progress=0.1)
             plan, job = identity_plan(self.settings, self.assets, work, cfg, self.filter.new_pid)
             prompt = identity_prompt(cfg, plan.captions[job.pid], job.pid)
             gen = IdentityGenerator(cfg, plan, pipe=self.pipe)
             gen.train_adapter(job)
             store.push("identities", ident, "work")
             stage = "generating"
-            reg.update(ident, state="generating", stage=stage, progress=0.6, caption=plan.captions[job.pid],
+            update(ident, state="generating", stage=stage, progress=0.6, caption=plan.captions[job.pid],
                        prompt=prompt)
             batch = gen.generate(job)
             stage = "filtering"
-            reg.update(ident, state="filtering", stage=stage, progress=0.85)
+            update(ident, state="filtering", stage=stage, progress=0.85)
             filters = self.filter.filters_for(cfg, job.image_paths)
             scores, kept = self.filter.score(filters, batch.images, cfg)
             with DiffPersonWriter(work / "dataset", cfg.writer) as writer:
                 write_identity(writer, job, batch, scores, kept)
             store.push("identities", ident, "work")
             n_kept = int(np.sum(kept))
-            return reg.update(ident, state="done", stage=None, progress=1.0, reason=None,
+            return update(ident, state="done", stage=None, progress=1.0, reason=None,
                               next_index=cfg.sampler.num_images,
                               counts={**state["counts"], "kept": n_kept, "dropped": len(kept) - n_kept})
         except Cancelled:
             store.remove("identities", ident)
             return None
+        except LeaseLost:
+            raise
         except Exception as err:  # a failed job is reported in its state, never silently dropped
             try:
-                return reg.update(ident, state="failed", reason=f"{stage}: {type(err).__name__}: {err}"[:2000])
+                return update(ident, state="failed", reason=f"{stage}: {type(err).__name__}: {err}"[:2000])
             except Cancelled:
                 return None
         finally:
-            reg.dequeue(ident)
-            if self.registry.read(ident) is None:
-                store.remove("identities", ident)
+            if not heartbeat.lost.is_set():
+                reg.dequeue(ident)
+                if self.registry.read(ident) is None:
+                    store.remove("identities", ident)
 
     def run_pending(self) -> int:
         done = 0

@@ -1,5 +1,6 @@
 """The augmentation service, tested as a real Serve application on 127.0.0.1 over real HTTP (tiny model, CPU)."""
 import io
+import json
 import struct
 import subprocess
 import time
@@ -40,7 +41,8 @@ def service(ray_cluster, tmp_path_factory):
     build = toy_build_config().model_dump(mode="json")
     build["filter"]["filters"] = list(FILTERS)  # every filter the build offers; Re-ID CTF decides
     settings = {"storage": str(root / "store"), "assets_dir": str(root / "assets"), "token": TOKEN,
-                "torch_threads": 1, "adapter_cache": 2, "worker_poll_s": 0.2, "limits": LIMITS, "build": build}
+                "torch_threads": 1, "adapter_cache": 2, "worker_poll_s": 0.2, "limits": LIMITS, "build": build,
+                "worker_replicas": 2, "lease_ttl_s": 6.0}
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(AppArgs(settings=settings)), name="diffreid", route_prefix="/")
@@ -339,7 +341,7 @@ def test_state_survives_killing_replicas(http):
     time.sleep(2.0)  # some adapter steps and a checkpoint
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
                 if a["namespace"] == "serve" and ("#Worker#" in a["name"] or "#Ingress#" in a["name"])]
-    assert len(replicas) == 2, replicas
+    assert len(replicas) == 3, replicas  # two Workers, one Ingress
     for actor in replicas:
         ray.kill(ray.get_actor(actor["name"], namespace="serve"), no_restart=True)
 
@@ -349,6 +351,33 @@ def test_state_survives_killing_replicas(http):
     assert any("resumed at stage 'training'" in h["note"] for h in state["history"])
     assert http.get(f"/v1/identities/{IDS['a']}", headers=AUTH).json()["state"] == "done"
     assert set(IDS.values()) <= set(http.get("/v1/identities", headers=AUTH).json()["identities"])
+
+
+def test_a_dead_workers_job_is_taken_over_and_finishes_exactly_once(http, service):
+    import ray
+    from ray.util.state import list_actors
+
+    r = upload(http, crops(41), name="erin", num_images=3, steps=60)
+    assert r.status_code == 202, r.text
+    ident = r.json()["id"]
+    wait_state(http, ident, states=("training",), timeout=120)
+    leases = service["root"] / "store" / "identities" / ident / "leases"
+    first = json.loads(sorted(leases.glob("*.json"))[-1].read_text())
+    holder_pid = int(first["owner"].split(":")[1])
+    holder = [a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000)
+              if "#Worker#" in (a.name or "") and a.pid == holder_pid]
+    assert len(holder) == 1, first
+    ray.kill(ray.get_actor(holder[0].name, namespace="serve"), no_restart=True)
+
+    state = wait_state(http, ident, timeout=300)
+    assert state["state"] == "done", state
+    assert state["attempts"] == 2
+    assert [h["state"] for h in state["history"]].count("done") == 1
+    owners = [json.loads(p.read_text())["owner"] for p in sorted(leases.glob("*.json"))]
+    assert owners[0] == first["owner"] and owners[-1] != first["owner"]
+    listed = http.get(f"/v1/identities/{ident}/images", params={"include_dropped": True}, headers=AUTH).json()
+    files = [item["file"] for item in listed["images"]]
+    assert len(files) == 3 == len(set(files))  # every image once: nothing written twice
 
 
 def test_openapi_describes_every_response_and_real_answers_match_it(http):
@@ -439,3 +468,39 @@ def test_store_round_trips_through_an_object_store_url(tmp_path):
     assert Registry(store).state(ident)["state"] == "training"
     registry.delete(ident)
     assert registry.read(ident) is None and not store.exists("identities", ident)
+
+
+@pytest.mark.parametrize("url", ["folder", "memory://diffreid-leases"])
+def test_leases_give_a_job_one_owner_and_pass_it_on_when_they_lapse(url, tmp_path):
+    import threading
+
+    from serve_apps.store import LeaseLost, Leases, Store
+
+    store = Store(str(tmp_path / "store") if url == "folder" else url, scratch_dir=str(tmp_path / "scratch"))
+    ident = "cd" * 16
+    a, b = Leases(store, ttl_s=0.5), Leases(store, ttl_s=0.5)
+    assert a.claim(ident, "A") == 1 and b.claim(ident, "B") is None
+    a.renew(ident, "A", 1)
+    assert b.holder(ident)["owner"] == "A"
+    time.sleep(0.6)  # A stopped renewing: its lease lapses
+    assert b.holder(ident) is None and b.claim(ident, "B") == 2
+    with pytest.raises(LeaseLost):
+        a.renew(ident, "A", 1)
+    b.release(ident, "B", 2)
+    assert a.claim(ident, "A") == 3  # a released lease is free at once
+
+    # many workers racing for one lapsed lease: exactly one wins
+    time.sleep(0.6)
+    won, start = [], threading.Barrier(8)
+
+    def race(name):
+        start.wait()
+        if Leases(store, ttl_s=5).claim(ident, name) is not None:
+            won.append(name)
+
+    threads = [threading.Thread(target=race, args=(f"W{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and a.holder(ident)["owner"] == won[0]
