@@ -504,3 +504,26 @@ def test_leases_give_a_job_one_owner_and_pass_it_on_when_they_lapse(url, tmp_pat
     for t in threads:
         t.join()
     assert len(won) == 1 and a.holder(ident)["owner"] == won[0]
+
+
+@pytest.mark.parametrize("client", ["httpx", "curl"])
+def test_an_oversized_upload_is_refused_and_the_client_reads_the_413(service, client, tmp_path):
+    """8 MiB against a 256 KiB limit: refused on its Content-Length, and the client gets the status, not a reset
+    (httpx streams the whole body; curl asks 'Expect: 100-continue' first and never sends it)."""
+    import httpx
+
+    body = b"x" * (8 * 1024 * 1024)
+    headers = {**AUTH, "Content-Type": "multipart/form-data; boundary=b"}
+    if client == "httpx":
+        with httpx.Client(base_url=service["url"], timeout=60) as fresh:
+            r = fresh.post("/v1/identities", content=body, headers=headers)
+        status, text = r.status_code, r.text
+    else:
+        (tmp_path / "body").write_bytes(body)
+        out = subprocess.run(["curl", "-sS", "-o", str(tmp_path / "out"), "-w", "%{http_code}", "--max-time", "60",
+                              "-H", f"Authorization: {AUTH['Authorization']}", "-H", headers["Content-Type"].join(
+                                  ["Content-Type: ", ""]), "--data-binary", f"@{tmp_path / 'body'}",
+                              f"{service['url']}/v1/identities"], capture_output=True, text=True, timeout=90)
+        status, text = int(out.stdout or 0), (tmp_path / "out").read_text() if (tmp_path / "out").exists() else ""
+    assert status == 413, (status, text)
+    assert "limits.max_request_bytes" in text
