@@ -32,6 +32,7 @@ from ray import serve
 
 from diffreid.distributed.loopback import bind_serve_replicas_to_loopback
 from diffreid.errors import DiffreidError
+from serve_apps.metrics import ServiceMetrics
 from serve_apps.results import build_archive, list_images, public_state, read_image
 from serve_apps.schemas import (DATASET_FILE, IDENTITY_ID, ErrorBody, GenerateRequest, GenerateResult, Health,
                                 IdentityIndex, IdentityState, ImageList)
@@ -245,7 +246,11 @@ class Worker:
 
     def _main(self) -> None:
         try:
-            self.runner = JobRunner(self.settings)
+            runner = JobRunner(self.settings)
+            metrics = ServiceMetrics("Worker")
+            runner.on_event = lambda event, state: (metrics.queue_length(state["length"]) if event == "queue"
+                                                    else metrics.job(event, state))
+            self.runner = runner
             self.runner.serve_forever(self.stop)
         except BaseException as err:  # surfaced by check_health, so Serve replaces the replica
             self.error = err
@@ -276,6 +281,7 @@ def generator_deployment(settings: ServeSettings):
             self.settings = ServeSettings.model_validate(settings)
             set_threads(self.settings)
             self.sampler = IdentitySampler(self.settings)
+            self.metrics, self.seen = ServiceMetrics("Generator"), {"loads": 0, "evictions": 0}
 
         @serve.multiplexed(max_num_models_per_replica=settings.adapter_cache)
         async def get_adapter(self, ident: str):
@@ -300,6 +306,10 @@ def generator_deployment(settings: ServeSettings):
                            "batched_requests": len(rows), "replica_pid": os.getpid()}
                 for i, result in zip(rows, results):
                     out[i] = {**result, "adapter": adapter}
+            loads, evictions = sum(self.sampler.loads.values()), self.sampler.evictions
+            self.metrics.adapter("load", loads - self.seen["loads"])
+            self.metrics.adapter("eviction", evictions - self.seen["evictions"])
+            self.seen = {"loads": loads, "evictions": evictions}
             return out
 
         async def generate(self, ident: str, num_images: int, include_dropped: bool) -> dict:

@@ -14,6 +14,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -171,6 +172,7 @@ class JobRunner(PipelineHolder):
         self.wake = threading.Event()
         self.leases = Leases(self.registry.store, settings.lease_ttl_s)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.on_event: Callable[[str, dict], None] = lambda event, state: None  # started/done/failed/queue
 
     def claim(self, ident: str) -> dict | None:
         """Start (or resume) a job; a job whose workers died ``max_attempts`` times is failed instead."""
@@ -195,7 +197,10 @@ class JobRunner(PipelineHolder):
             return None  # another worker runs it
         heartbeat = Heartbeat(self.leases, ident, self.owner, generation)
         try:
-            return self._run_claimed(ident, heartbeat)
+            final = self._run_claimed(ident, heartbeat)
+            if final is not None:
+                self.on_event(final["state"], final)
+            return final
         except LeaseLost:
             return None  # the new owner finishes it
         finally:
@@ -212,6 +217,7 @@ class JobRunner(PipelineHolder):
         state = self.claim(ident)
         if state is None:
             return None
+        self.on_event("started", state)
         reg, store = self.registry, self.registry.store
         update = heartbeat.guard(reg.update)
         stage = "training"
@@ -257,7 +263,9 @@ class JobRunner(PipelineHolder):
 
     def run_pending(self) -> int:
         done = 0
-        for ident in self.registry.queue():
+        queue = self.registry.queue()
+        self.on_event("queue", {"length": len(queue)})
+        for ident in queue:
             if self.run(ident) is not None:
                 done += 1
         return done

@@ -44,13 +44,14 @@ def ray_cluster(tmp_path_factory):
     import signal
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
-    port, dash = free_port(), free_port()
+    port, dash, metrics = free_port(), free_port(), free_port()
     log = open(tmp_path_factory.mktemp("ray") / "ray-start.log", "w")
     proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=4",
                              # agent/metrics ports of their own: another Ray on the machine holds the defaults
+                             f"--metrics-export-port={metrics}",
                              *(f"--{flag}={free_port()}" for flag in (
-                                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+                                 "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                  "runtime-env-agent-port", "ray-client-server-port")),
                              "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -58,7 +59,8 @@ def ray_cluster(tmp_path_factory):
         wait_for_port(port, deadline)
         wait_for_port(dash, deadline)
         wait_for_job_agent(f"http://127.0.0.1:{dash}", deadline)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}",
+               "metrics": f"http://127.0.0.1:{metrics}/metrics"}
     finally:
         import ray
 

@@ -188,6 +188,26 @@ def test_lru_eviction_beyond_capacity(http):
     assert again["loaded_now"] and again["loads"] == 2
 
 
+def test_metrics_count_jobs_and_adapters_and_answers_carry_a_request_id(http, ray_cluster):
+    """After the flows above (3 jobs done, adapters loaded and evicted), Ray's metrics port shows them."""
+    import httpx
+
+    assert http.get("/healthz").headers.get("x-request-id")
+    wanted = {'event="done"': "diffreid_jobs_total", 'event="eviction"': "diffreid_adapters_total",
+              "": "diffreid_kept_ratio_bucket"}
+    deadline, text = time.time() + 90, ""
+    while time.time() < deadline:  # the agent exports every few seconds
+        text = httpx.get(ray_cluster["metrics"], timeout=10).text
+        lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+        found = {tag: [ln for ln in lines if name in ln and tag in ln] for tag, name in wanted.items()}
+        if all(found.values()):
+            break
+        time.sleep(3)
+    assert all(found.values()), {k: v[:2] for k, v in found.items()}
+    done = sum(float(ln.rsplit(" ", 1)[1]) for ln in found['event="done"'])
+    assert done >= 3
+
+
 def bad_cases():
     png = crops(9, 1)[0][1]
     jpeg = crops(9, 1, "JPEG")[0][1]
