@@ -34,8 +34,8 @@ from diffreid.distributed.loopback import bind_serve_replicas_to_loopback
 from diffreid.errors import DiffreidError
 from serve_apps.metrics import ServiceMetrics
 from serve_apps.results import build_archive, list_images, public_state, read_image
-from serve_apps.schemas import (DATASET_FILE, IDENTITY_ID, ErrorBody, GenerateRequest, GenerateResult, Health,
-                                IdentityIndex, IdentityState, ImageList)
+from serve_apps.schemas import (API, API_VERSION, DATASET_FILE, IDENTITY_ID, ErrorBody, GenerateRequest,
+                                GenerateResult, Health, IdentityIndex, IdentityState, ImageList)
 from serve_apps.settings import JobOptions, ServeSettings
 from serve_apps.store import Registry, ServiceError, Store, check_id
 from serve_apps.uploads import create_identity
@@ -43,7 +43,6 @@ from serve_apps.worker import JobRunner
 
 bind_serve_replicas_to_loopback()  # replicas import this module before their gRPC server starts
 
-API = "/v1/identities"
 OPEN_PATHS = {"/", "/healthz"}  # the page holds no data: it asks for the token and sends it on each call
 DOC_PATHS = {"/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
 
@@ -51,7 +50,7 @@ PAGE = (Path(__file__).parent / "static" / "index.html").read_text()
 PAGE_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' blob: data:; connect-src 'self' blob:; frame-ancestors 'none'")
 
-app = FastAPI(title="diffreid augmentation service", version="1",
+app = FastAPI(title="diffreid augmentation service", version=API_VERSION,
               description="Upload a few crops of a new person; the service trains an identity adapter and returns "
                           "filtered, identity-consistent synthetic images (Diffusion-ReID).")
 

@@ -10,6 +10,8 @@ from serve_apps.results import FILE_PATTERN
 from serve_apps.settings import JobOptions
 from serve_apps.store import ID_PATTERN
 
+API_VERSION = "1"  # the /v1/ of every route; a client of another version reads the bodies below differently
+API = f"/v{API_VERSION}/identities"
 IDENTITY_ID = ID_PATTERN.pattern  # 32 lowercase hex characters (a uuid4 without dashes)
 DATASET_FILE = FILE_PATTERN.pattern  # bounding_box_train/ or dropped/ + a Market-1501 file name
 IdentityStateName = Literal["queued", "training", "generating", "filtering", "done", "failed"]
