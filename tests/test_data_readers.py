@@ -458,8 +458,8 @@ def test_llcm_folder_test_split(tmp_path, put):
 # ---------------------------------------------------------------- registry
 
 def test_registry_names_and_options(tmp_path):
-    assert available_datasets() == ["airport", "cuhk03", "llcm", "market1501", "market_layout", "msmt17", "regdb",
-                                    "sysu_mm01"]
+    assert available_datasets() == ["airport", "cuhk02", "cuhk03", "cuhksysu", "grid", "ilids", "llcm", "market1501",
+                                    "market_layout", "msmt17", "prid2011", "regdb", "sysu_mm01", "viper"]
     with pytest.raises(DatasetError, match="unknown dataset 'duke'") as err:
         load_dataset("duke", tmp_path)
     assert "market1501" in str(err.value)

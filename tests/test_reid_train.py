@@ -142,6 +142,50 @@ def test_backbone_init_from_timm_file_and_state(tmp_path):
         build_reid_model(ReIDModelConfig(backbone="resnet18", pretrained_file=str(tmp_path / "x.pt")), 4)
 
 
+TINY_SWIN = {"embed_dim": 16, "depths": [1, 1], "num_heads": [1, 2], "window_size": 4}
+
+
+def test_swin_at_a_2_to_1_input_through_pretrain_finetune_and_filter_loading(tmp_path):
+    """Swin (paper Table 9) at a 2:1 person input through timm's img_size: the pre-training model, its exported
+    backbone as a fine-tuning init, and the saved Re-ID model the filter loads give the same features."""
+    from diffreid.reid.pretrain import PretrainConfig, build_model, export_backbone
+
+    x = torch.randn(3, 3, 64, 32)
+    # pre-training: the classification model at height x width, exported as a timm backbone file
+    pre_cfg = PretrainConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY_SWIN, height=64,
+                             width=32, batch_size=4)
+    pre = build_model(pre_cfg, num_classes=5)
+    assert pre.patch_embed.img_size == (64, 32) and pre(x).shape == (3, 5)
+    torch.save({"model": pre.state_dict(), "num_classes": 5, "epoch": 1, "history": "[]"}, tmp_path / "state.pt")
+    file = export_backbone(pre_cfg, tmp_path / "state.pt", tmp_path / "pre")
+    recipe = json.loads((tmp_path / "pre" / "recipe.json").read_text())
+    assert "img_size=(64, 32)" in recipe["load_with"] and "window_size=4" in recipe["load_with"]
+    # fine-tuning: the Re-ID model starts from that file at the same 2:1 size
+    cfg = ReIDModelConfig(backbone="swin_tiny_patch4_window7_224", backbone_kwargs=TINY_SWIN,
+                          pretrained_file=str(file), last_stride_1=False)
+    model = build_reid_model(cfg, num_classes=4, input_size=(64, 32))
+    for k, v in pre.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(model.backbone.state_dict()[k], v), k
+    logits, feat = model.train()(x)
+    assert logits.shape == (3, 4) and feat.shape == (3, model.feat_dim) == (3, 32)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    assert torch.isfinite(before).all()
+    # the filter's Re-ID model: save_reid_model -> load_reid_model rebuilds the Swin at the recorded size
+    save_reid_model(model, cfg, tmp_path / "reid")
+    loaded = load_reid_model(tmp_path / "reid")
+    assert loaded.input_size == (64, 32) and loaded.cfg.backbone_kwargs == TINY_SWIN
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), before, rtol=0, atol=0)
+    # without the 2:1 size the same backbone is built for timm's square default and refuses the person crop
+    with pytest.raises(AssertionError, match="Input height \\(64\\) doesn't match model \\(224\\)"):
+        build_reid_model(cfg.model_copy(update={"pretrained_file": None}), num_classes=4).eval()(x)
+    with pytest.raises(ConfigError, match="img_size"):
+        ReIDModelConfig.validated({"backbone_kwargs": {"img_size": 64}}, "test")
+
+
 # ---------------------------------------------------------------------------------------------- features
 def test_extract_features_accepts_pil_paths_and_records(small_dataset):
     model = build_reid_model(ReIDModelConfig(backbone="resnet18"), num_classes=3)

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from diffreid.config import ConfigError, StageConfig
@@ -20,10 +20,58 @@ from diffreid.io import atomic_path, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "reid_model.json"
+# set by the factory from the input size, the class count and the weight file: never through backbone_kwargs
+RESERVED_BACKBONE_KWARGS = frozenset({"img_size", "num_classes", "pretrained", "pretrained_cfg_overlay"})
+
+
+def check_backbone_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    reserved = sorted(RESERVED_BACKBONE_KWARGS & set(kwargs))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)} cannot be set in backbone_kwargs: the input size comes from "
+                         "height/width, the class count from the data and the weights from pretrained_file")
+    return kwargs
+
+
+def create_backbone(name: str, *, num_classes: int = 0, img_size: tuple[int, int] | None = None,
+                    pretrained_file: str | None = None, field: str = "backbone", **kwargs: Any) -> nn.Module:
+    """The one backbone factory: ``timm.create_model`` with local weights only.
+
+    Models whose timm config declares a fixed input size (Swin, ViT, ...) are built for ``img_size`` (height,
+    width), e.g. the 2:1 Re-ID input 256x128, through timm's own ``img_size`` argument (timm adapts
+    position embeddings / relative-position tables of a weight file to it); size-agnostic CNNs ignore it.
+    ``pretrained_file`` is a local timm checkpoint or .safetensors (nothing is ever downloaded); ``kwargs``
+    are further model arguments (e.g. ``embed_dim``, ``depths``, ``num_heads``, ``window_size`` for a small
+    Swin). ``field`` names the config field in errors.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if pretrained_file:
+        path = Path(pretrained_file)
+        if not path.is_file():
+            section = field.rpartition(".")[0]
+            raise ConfigError(f"{section + '.' if section else ''}pretrained_file: {path} does not exist "
+                              "(a timm checkpoint or .safetensors file was expected)")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    else:
+        kwargs["pretrained"] = False
+    pretrained_cfg = get_pretrained_cfg(name)
+    if img_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        kwargs["img_size"] = tuple(img_size)
+    try:
+        return timm.create_model(name, num_classes=num_classes, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise ConfigError(f"{field}: {name!r} is not a timm model name") from None
+        raise
 
 
 class ReIDModelConfig(StageConfig):
-    backbone: str = Field("resnet50", description="BoT's backbone; any timm model name works")
+    backbone: str = Field("resnet50", description="BoT's backbone; any timm model name works (Swin/ViT are built "
+                          "for the trainer's height x width through timm's img_size)")
+    backbone_kwargs: dict[str, Any] = Field(
+        {}, description="extra timm.create_model arguments, e.g. a small Swin: {embed_dim: 48, depths: [2, 2], "
+        "num_heads: [2, 4], window_size: 4}; empty = the named model as timm defines it")
     pretrained_file: str | None = Field(
         None, description="local timm checkpoint/safetensors (e.g. ImageNet or our pre-trained backbone); "
         "None = random init, nothing is ever downloaded")
@@ -32,6 +80,11 @@ class ReIDModelConfig(StageConfig):
     pool: Literal["avg", "gem"] = Field("avg", description="BoT uses average pooling; GeM (p=3, learned) "
                                         "often helps a little")
     gem_p: float = Field(3.0, gt=0, description="GeM's usual starting exponent")
+
+    @field_validator("backbone_kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_backbone_kwargs(value)
 
 
 class GeM(nn.Module):
@@ -73,25 +126,16 @@ def set_last_stride_1(backbone: nn.Module, name: str) -> bool:
 
 
 class ReIDModel(nn.Module):
-    def __init__(self, cfg: ReIDModelConfig, num_classes: int):
-        super().__init__()
-        import timm
+    """``input_size`` (height, width) is the size the model is trained and used at; fixed-size backbones
+    (Swin, ViT) are built for it, so it must be given for them unless their timm default size is wanted."""
 
+    def __init__(self, cfg: ReIDModelConfig, num_classes: int, input_size: tuple[int, int] | None = None):
+        super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        kwargs = {}
-        if cfg.pretrained_file:
-            path = Path(cfg.pretrained_file)
-            if not path.is_file():
-                raise ConfigError(f"model.pretrained_file: {path} does not exist (a timm checkpoint or "
-                                  ".safetensors file was expected)")
-            kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
-        try:
-            self.backbone = timm.create_model(cfg.backbone, num_classes=0, **kwargs)
-        except RuntimeError as err:
-            if "Unknown model" in str(err):
-                raise ConfigError(f"model.backbone: {cfg.backbone!r} is not a timm model name") from None
-            raise
+        self.backbone = create_backbone(cfg.backbone, num_classes=0, img_size=input_size,
+                                        pretrained_file=cfg.pretrained_file, field="model.backbone",
+                                        **cfg.backbone_kwargs)
         if cfg.last_stride_1 and not set_last_stride_1(self.backbone, cfg.backbone):
             warnings.warn(f"model.last_stride_1 is only implemented for timm ResNets; "
                           f"{cfg.backbone!r} keeps its strides", stacklevel=2)
@@ -106,7 +150,7 @@ class ReIDModel(nn.Module):
         data_cfg = self.backbone.pretrained_cfg
         self.pixel_mean = tuple(data_cfg.get("mean", (0.485, 0.456, 0.406)))
         self.pixel_std = tuple(data_cfg.get("std", (0.229, 0.224, 0.225)))
-        self.input_size: tuple[int, int] | None = None  # (height, width) the model was trained at
+        self.input_size: tuple[int, int] | None = tuple(input_size) if input_size else None  # (height, width)
         self.label_pids: list[int] | None = None  # dataset pid of each classifier label
 
     def global_feature(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +185,9 @@ class ReIDModel(nn.Module):
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
-def build_reid_model(cfg: ReIDModelConfig, num_classes: int) -> ReIDModel:
-    return ReIDModel(cfg, num_classes)
+def build_reid_model(cfg: ReIDModelConfig, num_classes: int,
+                     input_size: tuple[int, int] | None = None) -> ReIDModel:
+    return ReIDModel(cfg, num_classes, input_size)
 
 
 def save_reid_model(model: ReIDModel, cfg, out_dir: str | Path) -> Path:
@@ -184,14 +229,14 @@ def load_reid_model(model_dir: str | Path, device: str | torch.device | None = N
         meta = json.loads(meta_path.read_text())
         cfg = ReIDModelConfig.model_validate(meta["model"])
         num_classes = int(meta["num_classes"])
-    except (ValueError, KeyError) as err:
+        input_size = tuple(meta["input_size"]) if meta.get("input_size") else None
+    except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{meta_path}: not a valid Re-ID model description ({err})") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = ReIDModel(cfg, num_classes)
+        model = ReIDModel(cfg, num_classes, input_size)
     model.load_state_dict(load_file(str(weights)), strict=True)
     model.pixel_mean = tuple(meta["pixel_mean"])
     model.pixel_std = tuple(meta["pixel_std"])
-    model.input_size = tuple(meta["input_size"]) if meta.get("input_size") else None
     model.label_pids = meta.get("label_pids")
     return model.to(device or "cpu").eval()

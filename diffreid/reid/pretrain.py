@@ -12,9 +12,9 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from diffreid.config import ConfigError, RuntimeConfig, StageConfig
 from diffreid.data.types import ImageRecord, relabel
@@ -32,7 +32,10 @@ class RayTrainConfig(StageConfig):
 
 
 class PretrainConfig(StageConfig):
-    backbone: str = Field("resnet50", description="the paper's backbone; swin_tiny/small/base_patch4_window7_224 also work")
+    backbone: str = Field("resnet50", description="the paper's backbone; Swin (Table 9: swin_tiny/small/"
+                          "base_patch4_window7_224) is built for height x width through timm's img_size")
+    backbone_kwargs: dict[str, Any] = Field({}, description="extra timm.create_model arguments (e.g. a small Swin's "
+                                            "embed_dim/depths/num_heads/window_size); fine-tuning needs the same ones")
     height: int = Field(256, gt=0, description="Re-ID input size 256x128 as in BoT/fast-reid")
     width: int = Field(128, gt=0, description="2:1 person aspect")
     epochs: int = Field(300, ge=1, description="paper §4.1")
@@ -52,6 +55,13 @@ class PretrainConfig(StageConfig):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints; 1 loses at most one epoch")
     runtime: RuntimeConfig = RuntimeConfig()
     ray: RayTrainConfig = RayTrainConfig()
+
+    @field_validator("backbone_kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from diffreid.reid.model import check_backbone_kwargs
+
+        return check_backbone_kwargs(value)
 
     @model_validator(mode="after")
     def _check(self):
@@ -101,15 +111,11 @@ def build_train_transform(cfg: PretrainConfig):
 
 
 def build_model(cfg: PretrainConfig, num_classes: int):
-    import timm
+    """The backbone with a classification head, at the pre-training input size (random init)."""
+    from diffreid.reid.model import create_backbone
 
-    return timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes,
-                             img_size=(cfg.height, cfg.width)) if _takes_img_size(cfg.backbone) else \
-        timm.create_model(cfg.backbone, pretrained=False, num_classes=num_classes)
-
-
-def _takes_img_size(name: str) -> bool:
-    return any(k in name for k in ("vit", "swin", "deit", "beit", "eva"))
+    return create_backbone(cfg.backbone, num_classes=num_classes, img_size=(cfg.height, cfg.width),
+                           **cfg.backbone_kwargs)
 
 
 def run_pretraining(
@@ -216,12 +222,17 @@ def export_backbone(cfg: PretrainConfig, state_path: str | Path, out_dir: str | 
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / "backbone.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"backbone": cfg.backbone, "format": "pt"})
+    from timm.models import get_pretrained_cfg
+
+    extra = "".join(f", {k}={v!r}" for k, v in cfg.backbone_kwargs.items())
+    if getattr(get_pretrained_cfg(cfg.backbone), "fixed_input_size", False):
+        extra += f", img_size=({cfg.height}, {cfg.width})"
     atomic_write_json(out / "recipe.json", {
         "backbone": cfg.backbone, "input_size": [3, cfg.height, cfg.width], "num_pretrain_ids": ckpt["num_classes"],
         "epochs_completed": ckpt["epoch"], "history": json.loads(ckpt["history"]),
         "config": cfg.model_dump(mode="json"),
         "load_with": f"timm.create_model('{cfg.backbone}', pretrained=True, "
-                     "pretrained_cfg_overlay=dict(file='backbone.safetensors'), num_classes=0)"})
+                     f"pretrained_cfg_overlay=dict(file='backbone.safetensors'), num_classes=0{extra})"})
     return out / "backbone.safetensors"
 
 

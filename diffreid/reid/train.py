@@ -154,7 +154,7 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[ImageRecord], out_d
     seed_everything(cfg.runtime.seed)
 
     # 2. model
-    model = build_reid_model(cfg.model, num_ids)
+    model = build_reid_model(cfg.model, num_ids, (cfg.height, cfg.width))
     if init_state is not None:
         model.load_backbone_state(init_state)
     model.input_size = (cfg.height, cfg.width)
@@ -251,7 +251,8 @@ def train_stage(cfg: ReIDTrainConfig, out_dir: str | Path, data: str | Path, bas
     rows = {}
     if baseline:
         num_ids = len({r.pid for r in dataset.train})
-        rows["before training"] = evaluate_reid(build_reid_model(cfg.model, num_ids), dataset, cfg)
+        untrained = build_reid_model(cfg.model, num_ids, (cfg.height, cfg.width))
+        rows["before training"] = evaluate_reid(untrained, dataset, cfg)
     t0 = time.time()
     result = train_reid(cfg, dataset.train, out_dir=out_dir, progress=progress)
     train_seconds = time.time() - t0

@@ -9,7 +9,9 @@ from diffreid.data.types import DatasetError, ReIDDataset
 
 Reader = Callable[..., ReIDDataset]
 READERS: dict[str, Reader] = {}
-ALIASES = {"market_1501": "market1501", "sysu": "sysu_mm01", "cuhk03_np": "cuhk03", "airport_alert": "airport"}
+ALIASES = {"market_1501": "market1501", "sysu": "sysu_mm01", "cuhk03_np": "cuhk03", "airport_alert": "airport",
+           "cuhk_sysu": "cuhksysu", "prid": "prid2011", "prid_2011": "prid2011", "i_lids": "ilids",
+           "qmul_ilids": "ilids", "qmul_grid": "grid"}
 
 
 def register_dataset(name: str) -> Callable[[Reader], Reader]:
