@@ -186,6 +186,38 @@ def test_dreambooth_trains_a_copy_saves_reloads_and_switches(pipe, people, tmp_p
         load_identity_adapter(pipe, tmp_path, "nothing")
 
 
+def test_dreambooth_stored_as_an_extracted_lora_reproduces_the_full_unet(pipe, people, tmp_path):
+    """At full rank the SVD holds every weight delta: the extracted LoRA draws what the full DreamBooth UNet draws,
+    up to the biases and norms a LoRA cannot hold; at rank 1 it keeps less and drifts further."""
+    before = render(pipe)
+    train = dict(mode="dreambooth", steps=3, lr=1e-3, prior_loss_weight=0)
+    full = train_identity_adapter(pipe, people[0], ID_PROMPT, None, None, cfg(**train), tmp_path / "full")
+    outs = {}
+    for rank in (1, 512):
+        lora = train_identity_adapter(pipe, people[0], ID_PROMPT, None, None,
+                                      cfg(**train, dreambooth_store="lora", extract_rank=rank), tmp_path / f"r{rank}")
+        meta = read_adapter_meta(lora.dir)
+        assert meta["mode"] == "lora" and meta["extracted_from"] == "dreambooth" and lora.mode == "lora"
+        assert (lora.dir / "pytorch_lora_weights.safetensors").is_file() and not (lora.dir / "unet").exists()
+        outs[rank] = (meta["kept_energy"], lora)
+    assert outs[512][0] > 0.999 > outs[1][0]
+    assert outs[1][1].bytes < full.bytes / 5
+    load_identity_adapter(pipe, full.dir, "full")
+    for rank in (1, 512):
+        load_identity_adapter(pipe, outs[rank][1].dir, f"r{rank}")
+    activate(pipe, "full")
+    want = render(pipe)
+    errors = {}
+    for rank in (1, 512):
+        activate(pipe, f"r{rank}")
+        errors[rank] = float(np.abs(render(pipe) - want).max())
+    deactivate(pipe)
+    for name in ("full", "r1", "r512"):
+        delete_adapter(pipe, name)
+    drift = float(np.abs(want - before).max())
+    assert drift > 1e-3 and errors[512] < 0.2 * drift and errors[512] < errors[1], (drift, errors)
+
+
 def test_shared_lora_ti_trains_many_ids_and_samples_a_mixed_batch(pipe, people, tmp_path):
     vocab_size = len(pipe.tokenizer)
     before = render(pipe)

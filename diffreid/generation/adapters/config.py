@@ -66,6 +66,11 @@ class AdapterConfig(StageConfig):
     height: int = Field(512, ge=8, description="2:1 person aspect at SD-1.x's native 512 (tests: 64)")
     width: int = Field(256, ge=8, description="2:1 person aspect (tests: 32)")
     enforce_person_aspect: bool = Field(True, description="Re-ID crops are 2:1; false allows the paper's square")
+    dreambooth_store: Literal["unet", "lora"] = Field(
+        "unet", description="dreambooth: keep the full UNet (the paper; 1.7 GB per SD-1.5 identity in fp16) or its "
+        "weight delta as a rank-extract_rank LoRA (MB; loads and switches like any LoRA)")
+    extract_rank: int = Field(64, ge=1, description="SVD rank of the stored delta (docs/identity-fidelity.md: "
+                                                    "fidelity against rank on the toy world)")
     checkpoint_every: int = Field(100, ge=1, description="resume loses at most this many steps")
     gradient_checkpointing: bool = Field(False, description="trade ~30% time for much less activation memory")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,

@@ -165,7 +165,6 @@ class _LoraJob:
             p.data.copy_(state[n])
 
     def save(self, out: Path) -> None:
-        from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
@@ -174,14 +173,7 @@ class _LoraJob:
         if self.cfg.train_text_encoder:
             text_layers = convert_state_dict_to_diffusers(
                 get_peft_model_state_dict(self.text_encoder, adapter_name=TRAIN_ADAPTER))
-        staging = out / ".lora.staged"
-        shutil.rmtree(staging, ignore_errors=True)
-        StableDiffusionPipeline.save_lora_weights(
-            staging, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, safe_serialization=True,
-            weight_name=LORA_FILE, unet_lora_adapter_metadata=self.unet_lora.to_dict(),
-            text_encoder_lora_adapter_metadata=self.text_lora.to_dict() if text_layers else None)
-        (staging / LORA_FILE).replace(out / LORA_FILE)
-        shutil.rmtree(staging)
+        save_lora_file(out, unet_layers, self.unet_lora, text_layers, self.text_lora if text_layers else None)
 
     def close(self) -> None:
         if self.cfg.gradient_checkpointing:
@@ -288,7 +280,14 @@ class _DreamBoothJob:
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         self.unet.load_state_dict(state)
 
+    @property
+    def stored_mode(self) -> str:
+        return "lora" if self.cfg.dreambooth_store == "lora" else "dreambooth"
+
     def save(self, out: Path) -> None:
+        if self.cfg.dreambooth_store == "lora":
+            self.save_extracted(out)
+            return
         self.unet.to(self.base_dtype)
         staged = out / f".{UNET_DIR}.staged"
         shutil.rmtree(staged, ignore_errors=True)
@@ -296,8 +295,33 @@ class _DreamBoothJob:
         shutil.rmtree(out / UNET_DIR, ignore_errors=True)
         staged.rename(out / UNET_DIR)
 
+    def save_extracted(self, out: Path) -> None:
+        from diffusers.utils import convert_state_dict_to_diffusers
+
+        from diffreid.generation.adapters.extract import extract_lora
+
+        state, lora_cfg, report = extract_lora(plain_state_dict(self.pipe.unet), self.unet, self.cfg.extract_rank)
+        save_lora_file(out, convert_state_dict_to_diffusers(state), lora_cfg)
+        self.meta = {"extracted_from": "dreambooth", "extract_rank": self.cfg.extract_rank,
+                     "extracted_layers": report.layers, "kept_energy": report.kept_energy,
+                     "not_stored": report.lost[:50]}
+
     def close(self) -> None:
         self.unet = None
+
+
+def save_lora_file(out: Path, unet_layers: dict, unet_lora, text_layers: dict | None = None, text_lora=None) -> None:
+    """OUT/pytorch_lora_weights.safetensors in the diffusers format, written whole or not at all."""
+    from diffusers import StableDiffusionPipeline
+
+    staging = out / ".lora.staged"
+    shutil.rmtree(staging, ignore_errors=True)
+    StableDiffusionPipeline.save_lora_weights(
+        staging, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers, safe_serialization=True,
+        weight_name=LORA_FILE, unet_lora_adapter_metadata=unet_lora.to_dict(),
+        text_encoder_lora_adapter_metadata=text_lora.to_dict() if text_layers else None)
+    (staging / LORA_FILE).replace(out / LORA_FILE)
+    shutil.rmtree(staging)
 
 
 def plain_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -375,6 +399,8 @@ def _finished(out: Path, fingerprint: str, steps: int) -> AdapterResult | None:
 # ----------------------------------------------------------------------------------------------------------
 def _fingerprint(cfg: AdapterConfig, inst: _ImageSet, ref: _ImageSet | None, name: str) -> str:
     knobs = cfg.model_dump(mode="json", exclude={"steps", "checkpoint_every", "gradient_checkpointing"})
+    if knobs["mode"] != "dreambooth" or knobs["dreambooth_store"] == "unet":  # adapters trained before these fields
+        knobs.pop("dreambooth_store"), knobs.pop("extract_rank")
     knobs["runtime"].pop("device", None)
     payload = json.dumps([knobs, cfg.resolved_lr, inst.digest(), ref.digest() if ref else None, name],
                          sort_keys=True)
@@ -470,9 +496,10 @@ def _train(pipe, job_factory: Callable[[], object], cfg: AdapterConfig, out: Pat
         # 6. artifacts; adapter.json last marks the folder complete
         job.save(out)
         atomic_write_json(out / LOSSES_JSON, losses)
-        meta = {"format": 1, "mode": cfg.mode, "name": name, "steps": steps, "fingerprint": fingerprint,
+        stored_mode = getattr(job, "stored_mode", cfg.mode)
+        meta = {"format": 1, "mode": stored_mode, "name": name, "steps": steps, "fingerprint": fingerprint,
                 "height": cfg.height, "width": cfg.width, "lr": cfg.resolved_lr,
-                "config": cfg.model_dump(mode="json"), **meta_extra}
+                "config": cfg.model_dump(mode="json"), **meta_extra, **getattr(job, "meta", {})}
         atomic_write_json(out / ADAPTER_JSON, meta)
     finally:
         job.close()
@@ -480,7 +507,8 @@ def _train(pipe, job_factory: Callable[[], object], cfg: AdapterConfig, out: Pat
     shutil.rmtree(_latest_checkpoint(out) or out / ".none", ignore_errors=True)
     (out / CHECKPOINT_POINTER).unlink(missing_ok=True)
     return AdapterResult(dir=out, losses=[e["loss"] for e in losses], steps=steps,
-                         seconds=time.perf_counter() - started, bytes=_artifact_bytes(out, cfg.mode), mode=cfg.mode,
+                         seconds=time.perf_counter() - started, bytes=_artifact_bytes(out, stored_mode),
+                         mode=stored_mode,
                          tokens={int(p): t for t, p in meta_extra.get("tokens", {}).items()})
 
 
