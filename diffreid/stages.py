@@ -183,7 +183,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "diffreid.reid.pretrain:PretrainConfig", "diffreid.reid.pretrain:pretrain_stage",
           "diffreid.distributed.train:pretrain_stage_ray", _describe_pretrain, inputs=(DATA,),
           outputs="backbone.safetensors (timm), recipe.json", job="pretrain_backbone"),
-    Stage("finetune_eval", "fine-tune and evaluate in the paper's settings (supervised, Fs, Ss, cross-domain)",
+    Stage("finetune_eval", "fine-tune and evaluate in the paper's settings (supervised, Fs, Ss, cross-domain, "
+          "unsupervised, UDA, DG)",
           "diffreid.reid.finetune:FinetuneEvalConfig", "diffreid.reid.finetune:run_finetune_eval",
           "diffreid.distributed.finetune:run_finetune_eval_ray", _describe_finetune, _check_finetune,
           outputs="results.csv/.md/.png, results_runs.csv", job="finetune_eval",

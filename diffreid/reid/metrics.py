@@ -189,13 +189,65 @@ def re_ranking(
     dist = np.block([[q_q, q_g], [q_g.T, g_g]])
     if dist.min() < 0:
         raise ValueError(f"re_ranking needs non-negative distances, got a minimum of {dist.min():g}")
+    dist = _scaled(dist)
+
+    # 2-3. k-reciprocal neighbour weights with local query expansion.
+    weights = _k_reciprocal_weights(dist, k1, k2)
+
+    # 4. Jaccard distance of each query to each gallery item (rows sum to 1: sum(max) = 2 - sum(min)).
+    jaccard = np.empty((num_q, num_g), dtype=np.float32)
+    gallery_weights = weights[num_q:]
+    for p in range(num_q):
+        support = np.flatnonzero(weights[p])
+        shared = np.minimum(gallery_weights[:, support], weights[p, support]).sum(axis=1)
+        jaccard[p] = np.clip(1.0 - shared / (2.0 - shared), 0.0, 1.0)  # clip float rounding
+    return ((1.0 - lambda_value) * jaccard + lambda_value * dist[:num_q, num_q:]).astype(np.float32)
+
+
+def jaccard_distance(dist, k1: int = 30, k2: int = 6) -> np.ndarray:
+    """(N, N) k-reciprocal Jaccard distances within one set of items, from their pairwise distances ``dist``.
+
+    The same neighbour sets and weights as :func:`re_ranking` (steps 1-3 there) over the N items themselves,
+    without mixing the original distance back in: d_J(p, q) = 1 - sum(min(V_p, V_q)) / sum(max(V_p, V_q)),
+    symmetric, 0 on the diagonal, in [0, 1]. This is the distance Cluster-Contrast and SpCL cluster with
+    DBSCAN (their ``compute_jaccard_distance``, k1=30, k2=6). Memory is O(N^2).
+    """
+    dist = _float_matrix(dist, "dist")
+    n = len(dist)
+    if dist.shape != (n, n):
+        raise ValueError(f"dist must be square (N, N), got {dist.shape}")
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    if max(k1 + 1, k2) > n:
+        raise ValueError(f"k1={k1}, k2={k2} need at least {max(k1 + 1, k2)} items, got {n}")
+    if dist.min() < 0:
+        raise ValueError(f"jaccard_distance needs non-negative distances, got a minimum of {dist.min():g}")
+    weights = _k_reciprocal_weights(_scaled(dist), k1, k2)
+    jaccard = np.empty((n, n), dtype=np.float32)
+    for p in range(n):
+        support = np.flatnonzero(weights[p])
+        shared = np.minimum(weights[:, support], weights[p, support]).sum(axis=1)
+        jaccard[p] = np.clip(1.0 - shared / (2.0 - shared), 0.0, 1.0)
+    jaccard = np.minimum(jaccard, jaccard.T)  # float rounding only: min(V_p, V_q) is symmetric
+    np.fill_diagonal(jaccard, 0.0)
+    return jaccard
+
+
+def _scaled(dist):
+    """A pooled non-negative distance matrix with a zero diagonal, divided by its maximum."""
+    dist = dist.copy()
     np.fill_diagonal(dist, 0.0)
     top = dist.max()
     if top > 0:
         dist /= top
+    return dist
 
-    # 2. k-reciprocal neighbour sets and their expansion.
-    nearest = _nearest(dist, depth)
+
+def _k_reciprocal_weights(dist, k1, k2):
+    """Row p: the normalised Gaussian weights of p's expanded k-reciprocal set R*(p, k1), averaged over its k2
+    nearest items (see :func:`re_ranking`); ``dist`` is pooled and scaled to [0, 1]."""
+    total = len(dist)
+    nearest = _nearest(dist, max(k1 + 1, k2))
     half = max(1, int(round(k1 / 2)))
     recip = [_reciprocal(nearest[:, : k1 + 1], p) for p in range(total)]
     recip_half = [_reciprocal(nearest[:, : half + 1], p) for p in range(total)]
@@ -209,22 +261,12 @@ def re_ranking(
                 expanded = np.union1d(expanded, candidate)
         w = np.exp(-dist[p, expanded])
         weights[p, expanded] = w / w.sum()
-
-    # 3. Local query expansion over the k2 nearest items.
-    if k2 > 1:
+    if k2 > 1:  # local query expansion over the k2 nearest items
         expanded_weights = np.zeros_like(weights)
         for j in range(k2):
             expanded_weights += weights[nearest[:, j]]
         weights = expanded_weights / k2
-
-    # 4. Jaccard distance of each query to each gallery item (rows sum to 1: sum(max) = 2 - sum(min)).
-    jaccard = np.empty((num_q, num_g), dtype=np.float32)
-    gallery_weights = weights[num_q:]
-    for p in range(num_q):
-        support = np.flatnonzero(weights[p])
-        shared = np.minimum(gallery_weights[:, support], weights[p, support]).sum(axis=1)
-        jaccard[p] = np.clip(1.0 - shared / (2.0 - shared), 0.0, 1.0)  # clip float rounding
-    return ((1.0 - lambda_value) * jaccard + lambda_value * dist[:num_q, num_q:]).astype(np.float32)
+    return weights
 
 
 # ----------------------------------------------------------------------------------------------------

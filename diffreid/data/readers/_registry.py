@@ -30,14 +30,23 @@ def available_datasets() -> list[str]:
 
 def load_dataset(name: str, root: str | os.PathLike, /, **options) -> ReIDDataset:
     """Read the dataset ``name`` found at ``root``; ``options`` are the reader's keyword options."""
-    key = name.strip().lower().replace("-", "_")
-    key = ALIASES.get(key, key)
-    if key not in READERS:
-        raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(available_datasets())}")
-    reader = READERS[key]
-    accepted = [p for p in inspect.signature(reader).parameters if p != "root"]
+    key, reader = _reader(name)
+    accepted = reader_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise DatasetError(f"{key}: unknown option(s) {', '.join(unknown)}: "
                            f"expected {', '.join(accepted) if accepted else 'no options'}")
     return reader(root, **options)
+
+
+def _reader(name: str) -> tuple[str, Reader]:
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in READERS:
+        raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(available_datasets())}")
+    return key, READERS[key]
+
+
+def reader_options(name: str) -> list[str]:
+    """The keyword options the reader of ``name`` accepts (e.g. ``split`` for the DG targets)."""
+    return [p for p in inspect.signature(_reader(name)[1]).parameters if p != "root"]
