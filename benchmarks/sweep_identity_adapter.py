@@ -42,8 +42,18 @@ SETTINGS: dict[str, dict] = {
     "demo preset, img2img 0.6": {"sampler.init_strength": 0.6},
     "demo preset, img2img 0.7": {"sampler.init_strength": 0.7},
     "demo preset, img2img 0.6, guidance 3": {"sampler.init_strength": 0.6, "sampler.guidance": 3.0},
-    "dreambooth, 100 steps, lr 1e-4, img2img 0.6": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
-                                                    "adapter.steps": 100, "sampler.init_strength": 0.6},
+    "dreambooth, 100 steps, lr 1e-4, img2img 0.5": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
+                                                    "adapter.steps": 100, "sampler.init_strength": 0.5},
+    "dreambooth, 100 steps, lr 1e-4, stored as a rank-8 LoRA": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
+                                                                "adapter.steps": 100,
+                                                                "adapter.dreambooth_store": "lora",
+                                                                "adapter.extract_rank": 8},
+    "dreambooth, 100 steps, lr 1e-4, stored as a rank-32 LoRA": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
+                                                                 "adapter.steps": 100,
+                                                                 "adapter.dreambooth_store": "lora",
+                                                                 "adapter.extract_rank": 32},
+    "shared LoRA + token, 400 steps, lr 1e-3, img2img 0.5": {"adapter.mode": "shared_lora_ti", "adapter.steps": 400,
+                                                             "adapter.lr": 1e-3, "sampler.init_strength": 0.5},
 }
 
 
