@@ -164,6 +164,10 @@ class RuntimeConfig(StageConfig):
     seed: int = Field(0, description="one seed per run makes every stage reproducible")
 
     def torch_device(self):
+        """``cuda`` means the current CUDA device, never a fixed index. In a Ray task or actor with
+        ``num_gpus=1`` Ray sets CUDA_VISIBLE_DEVICES to the one GPU it assigned and CUDA numbers the visible
+        devices from 0, so this is that GPU (tests/test_autoscaling.py checks Ray's assignment on a fake
+        multi-node cluster); ``auto`` falls back to the CPU where torch sees no CUDA."""
         import torch
 
         if self.device == "auto":

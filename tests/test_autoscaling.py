@@ -1,0 +1,209 @@
+"""Scale-out on one machine with Ray's fake multi-node autoscaler (tests/fake_cluster.py): GPU nodes start from
+zero when a task or the build asks for ``num_gpus=1``, each generator actor gets its own GPU node and exactly one
+device in ``CUDA_VISIBLE_DEVICES``, the scoring pool runs on CPU nodes, and idle GPU nodes go away again.
+
+The fake GPU nodes declare ``GPU: 1`` without having one: torch sees no CUDA there, so ``runtime.device: auto``
+falls back to the CPU. Order matters within the module (one cluster): the build runs after the GPU-task test
+and the scale-down test watches the nodes the build left behind."""
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import fake_cluster as fc
+from test_ray_build import EXCLUDES, IDS, IMAGES, RAY, REPO, TINY, check_complete
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+BUILD = {}  # what the build test leaves for the scale-down test: when the job ended
+
+
+@pytest.fixture(scope="module")
+def autoscaling_cluster(tmp_path_factory):
+    import ray
+
+    if ray.is_initialized():  # a driver of conftest's session cluster from an earlier module
+        ray.shutdown()
+    cluster = fc.start_fake_cluster(tmp_path_factory.mktemp("fake-cluster"))
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster
+    finally:
+        ray.shutdown()
+        left = cluster.stop()
+        assert not left, f"processes of the fake cluster outlived its teardown: {left}"
+
+
+def test_autoscaling_gpu_task_scales_gpu_worker_from_zero(autoscaling_cluster):
+    """A task and an actor with num_gpus=1 make the autoscaler start gpu_worker nodes (none at start); Ray
+    gives each exactly one device in CUDA_VISIBLE_DEVICES.
+
+    Why ``cuda`` is right inside such a worker: Ray sets CUDA_VISIBLE_DEVICES to the GPU ids it assigned
+    (here "0", the node's only one) before the worker imports torch, and CUDA numbers the visible devices
+    from 0, so ``torch.device("cuda")`` (what ``RuntimeConfig.torch_device`` returns, the current device, 0)
+    *is* the assigned GPU; the code never names an index. On these fake nodes torch has no CUDA at all, so
+    ``device: auto`` resolves to the CPU."""
+    import ray
+
+    assert fc.count_alive("gpu_worker") == 0 and ray.cluster_resources().get("GPU", 0) == 0
+
+    def where():
+        import torch
+
+        from diffreid.config import RuntimeConfig
+
+        ctx = ray.get_runtime_context()
+        return {"node": ctx.get_node_id(), "visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "accelerators": ctx.get_accelerator_ids(),
+                "auto": str(RuntimeConfig(device="auto").torch_device()), "cuda": torch.cuda.is_available()}
+
+    @ray.remote(num_gpus=1, num_cpus=1)
+    class Probe:
+        def where(self):
+            return where()
+
+    t0 = time.time()
+    task = ray.get(ray.remote(num_gpus=1, num_cpus=1)(where).remote(), timeout=240)
+    first_gpu_node_s = time.time() - t0
+    actor = Probe.remote()
+    got = ray.get(actor.where.remote(), timeout=240)
+    ray.kill(actor)
+
+    gpu_nodes = {n["NodeID"] for n in fc.alive_nodes() if fc.node_kind(n["Resources"]) == "gpu_worker"}
+    for seen in (task, got):
+        assert seen["node"] in gpu_nodes, (seen, gpu_nodes)
+        assert seen["visible"] == "0" and seen["gpu_ids"] == ["0"], seen  # exactly one device, Ray's choice
+        assert seen["accelerators"]["GPU"] == ["0"], seen
+        assert seen["auto"] == ("cuda" if seen["cuda"] else "cpu"), seen
+    assert 1 <= len(gpu_nodes) <= fc.NODE_TYPES["gpu_worker"]["max_workers"]
+    print(f"submit -> first GPU node and task done: {first_gpu_node_s:.1f} s")
+
+
+def submit_build(dashboard: str, config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps(EXCLUDES),
+           "--", "python", "-m", "ray_jobs.build_diff_person", "--config", str(config), "--out", str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=REPO)  # < pytest's 600 s
+
+
+def test_autoscaling_build_places_generators_on_gpu_nodes(autoscaling_cluster, tmp_path):
+    """The build job with one GPU per generator: two generator actors on two gpu_worker nodes (one each), the
+    scorer on a CPU node, and a dataset that verifies. CPU fallback: the fake GPU nodes have no CUDA."""
+    from ray.util.state import list_actors
+
+    # from zero GPU nodes (the GPU-task test's node goes after the idle timeout)
+    fc.wait_until(lambda: fc.count_alive("gpu_worker") == 0, fc.IDLE_TIMEOUT_MINUTES * 60 + 90, "no gpu_worker")
+    before = set(fc.node_kinds(autoscaling_cluster.dashboard))
+    config = tmp_path / "tiny-gpu.yaml"
+    # the pool size is given: with GPU workers at 0 no GPU is visible when the job starts
+    config.write_text(TINY.replace("ray: {generator_actors: 2,", "ray: {generator_actors: 2, generator_gpus: 1,")
+                      + "runtime: {device: auto}\n")
+    out = tmp_path / "dp"
+    t0 = time.time()
+    done = submit_build(autoscaling_cluster.dashboard, config, out)
+    took = time.time() - t0
+    BUILD["done_at"] = time.time()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    check_complete(out)
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["placement"]["generator_actors"] == 2 and timings["placement"]["generator_gpus"] == 1
+
+    kinds = fc.node_kinds(autoscaling_cluster.dashboard)
+    actors = list_actors(address=autoscaling_cluster.dashboard, detail=True, limit=1000)
+    generators = [a for a in actors if "GeneratorActor" in (a.class_name or "")]
+    scorers = [a for a in actors if "ScorerActor" in (a.class_name or "")]
+    assert len(generators) == 2 and len(scorers) == 1, [(a.class_name, a.state) for a in actors]
+    gen_nodes = [a.node_id for a in generators]
+    assert len(set(gen_nodes)) == 2, f"two generators on one node: {gen_nodes}"
+    assert all(kinds[n] == "gpu_worker" and n not in before for n in gen_nodes), (gen_nodes, kinds, before)
+    assert kinds[scorers[0].node_id] == "cpu_worker", (scorers[0].node_id, kinds)
+    print(f"build of {IDS} identities x {IMAGES} images on the fake cluster: {took:.0f} s; "
+          f"timings {json.dumps({k: v for k, v in timings.items() if k.endswith('_s')})}")
+
+
+def test_autoscaling_idle_gpu_nodes_scale_down(autoscaling_cluster):
+    """With nothing left to run, every gpu_worker goes within the idle timeout (plus the autoscaler's update
+    interval and node shutdown); the head stays. Timed from the end of the build job (run alone, from the end
+    of a GPU task of its own)."""
+    import ray
+
+    idle_s = fc.IDLE_TIMEOUT_MINUTES * 60
+    t0 = BUILD.get("done_at")
+    if t0 is None:
+        ray.get(ray.remote(num_gpus=1, num_cpus=1)(lambda: None).remote(), timeout=240)
+        t0 = time.time()
+    fc.wait_until(lambda: fc.count_alive("gpu_worker") == 0, t0 + idle_s + 90 - time.time(),
+                  "idle gpu_worker nodes to go")
+    gone_s = time.time() - t0
+    assert fc.count_alive("head") == 1
+    assert ray.cluster_resources().get("GPU", 0) == 0
+    print(f"idle GPU nodes gone {gone_s:.1f} s after the job (idle timeout {idle_s:.0f} s)")
+
+
+@pytest.mark.timeout(900)
+def test_node_loss_mid_build_finishes_without_missing_or_doubled_identities(autoscaling_cluster, tmp_path):
+    """A GPU node lost mid-build, as a spot preemption: every process of the node that runs a generator is
+    SIGKILLed (what the provider's terminate does, without its grace). The GCS marks the node dead, Ray Data
+    restarts the actor on a new GPU node from the autoscaler and retries its batch, and the autoscaler's
+    liveness check terminates the dead node through the provider. The job still finishes, the dataset
+    verifies with every identity once, and adapters finished before the loss are not trained again."""
+    from ray.job_submission import JobSubmissionClient
+    from ray.util.state import list_actors
+
+    from diffreid.generation.adapters.train import ADAPTER_JSON
+    from test_ray_build import committed, job_id
+
+    config = tmp_path / "tiny-gpu.yaml"
+    config.write_text(TINY.replace("ray: {generator_actors: 2,", "ray: {generator_actors: 2, generator_gpus: 1,")
+                      + "runtime: {device: auto}\n")
+    out = tmp_path / "dp"
+    slow = ["--set", "adapter.steps=12", "--set", "adapter.checkpoint_every=4"]  # the kill lands mid-run
+    cmd = [RAY, "job", "submit", "--no-wait", "--address", autoscaling_cluster.dashboard, "--working-dir", str(REPO),
+           "--runtime-env-json", json.dumps(EXCLUDES), "--", "python", "-m", "ray_jobs.build_diff_person",
+           "--config", str(config), "--out", str(out), *slow]
+    t0 = time.time()
+    started = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+    job = job_id(started.stdout + started.stderr)
+    jobs = JobSubmissionClient(autoscaling_cluster.dashboard)
+
+    def finished_adapters() -> dict:
+        return {p.parent.name: p.stat().st_mtime_ns for p in (out / "adapters").glob(f"*/{ADAPTER_JSON}")}
+
+    fc.wait_until(lambda: committed(out) >= 1, 300, "a first committed identity")
+    kinds = fc.node_kinds(autoscaling_cluster.dashboard)
+    alive = list_actors(address=autoscaling_cluster.dashboard, filters=[("state", "=", "ALIVE")], detail=True)
+    lost = next(a for a in alive if "GeneratorActor" in (a.class_name or "") and kinds.get(a.node_id) == "gpu_worker")
+    victim = lost.node_id
+    procs = autoscaling_cluster.node_processes(victim)
+    assert procs, f"no process of node {victim}"
+    before = {"committed": committed(out), "adapters": finished_adapters()}
+    killed_at = time.time()
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:
+            pass
+    assert before["committed"] < IDS, "the build finished before the node was lost: nothing was tested"
+
+    status = fc.wait_until(lambda: (s := jobs.get_job_status(job)).is_terminal() and s, 500, "the job to end")
+    done_at = time.time()
+    assert str(status) in ("SUCCEEDED", "JobStatus.SUCCEEDED"), jobs.get_job_logs(job)[-4000:]
+    check_complete(out)  # verify passes, each identity once with all its images, no duplicate file or hash
+    after = finished_adapters()
+    retrained = [pid for pid, mtime in before["adapters"].items() if after.get(pid) != mtime]
+    assert not retrained, f"adapters finished before the node loss were trained again: {retrained}"
+    assert victim not in {n["NodeID"] for n in fc.alive_nodes()}
+    # the lost generator actor was restarted (same actor id) on another gpu_worker, new or freed by the pool
+    kinds = fc.node_kinds(autoscaling_cluster.dashboard)
+    restarted = list_actors(address=autoscaling_cluster.dashboard, filters=[("actor_id", "=", lost.actor_id)],
+                            detail=True)[0]
+    assert restarted.num_restarts >= 1 and restarted.node_id != victim, restarted
+    assert kinds[restarted.node_id] == "gpu_worker", (restarted.node_id, kinds)
+    print(f"node loss: killed node {victim[-5:]} ({len(procs)} processes) {killed_at - t0:.0f} s after submit, "
+          f"with {before['committed']}/{IDS} identities committed and {len(before['adapters'])} adapters finished "
+          f"(none retrained); the job ended {done_at - killed_at:.0f} s after the loss, {done_at - t0:.0f} s in "
+          f"all; the lost generator restarted {restarted.num_restarts}x, on node {restarted.node_id[-5:]}")
+
