@@ -99,12 +99,13 @@ def write_run_report(out: Path, diff_person: Path, df, timings: dict[str, float]
     times = [{"stage": k, "minutes": f"{v / 60:.1f}"} for k, v in timings.items()]
     notes = [f"Target: {ft_cfg.target.name} at {ft_cfg.target.root}. Inits: random = random initialisation; "
              "diffperson = the backbone pre-trained on this run's Diff-Person."]
-    if pretrain_images < 10_000:
-        notes.append(f"The pre-training set has {pretrain_images} images; the paper's Diff-Person has 777K of 5,183 identities. "
-                     "At a few hundred images, pre-training on generated images alone may not beat random init, "
-                     "and the filter can cost more images than it is worth: `--set build.filter.threshold=0` keeps "
-                     "every generated image (the README's demo section has both runs measured), and `make reproduce` "
-                     "adds them to the source's real images (docs/reproduce-RESULTS.md).")
+    gains = [r["mAP"] for _, r in summary.iterrows() if r["init"] == "diffperson"]
+    losses_to_random = any(g <= r["mAP"] for g in gains for _, r in summary.iterrows() if r["init"] == "random")
+    if pretrain_images < 10_000 and losses_to_random:
+        notes.append(f"The pre-training set has {pretrain_images} images; the paper's Diff-Person has 777K of 5,183 "
+                     "identities. With a few hundred images, pre-training on generated images alone may not beat "
+                     "random init: more images per identity (`--set build.sampler.num_images=48`) and a filter "
+                     "threshold that keeps most of them help (the README's demo section has the runs measured).")
     curves = out / "finetune" / "results.png"
     return write_report(diff_person, out=out / "report.html", title="diffreid run: Diff-Person → pre-training → "
                         "fine-tune", headline=headline(summary),
