@@ -10,6 +10,7 @@ reads the samples' attributes, compared with the world's ground truth. Prints on
 from __future__ import annotations
 
 import argparse
+import hashlib
 import copy
 import dataclasses
 import time
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
         cfg = build_config({**common, **{k: v for k, v in overrides.items() if not no_adapter or k != "adapter.steps"}},
                            args.base, args.images)
         slug = "".join(ch if ch.isalnum() else "-" for ch in name)[:48]
+        slug += "-" + hashlib.sha1(name.encode()).hexdigest()[:6] if len(name) > 48 else ""  # long names differ late
         gen = IdentityGenerator(cfg, dataclasses.replace(plan, out=str(out / "runs" / slug)), pipe)
         hits = {k: [] for k in KEYS}
         shown = []
