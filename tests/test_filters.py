@@ -24,6 +24,18 @@ torch.set_num_threads(2)
 H, W = 64, 32
 
 
+def write_records(folder, images, pids) -> list:
+    """The images as Market-named files in ``folder``, one ImageRecord each (camera 0)."""
+    from diffreid.data.types import ImageRecord
+
+    records = []
+    for i, (img, pid) in enumerate(zip(images, pids)):
+        path = folder / f"{pid:04d}_c1s1_{i:06d}_00.jpg"
+        save_image_atomic(img, path)
+        records.append(ImageRecord(str(path), int(pid), 0))
+    return records
+
+
 def auroc(pos, neg) -> float:
     """P(score of a random positive > score of a random negative), ties count half."""
     pos, neg = np.asarray(pos, float)[:, None], np.asarray(neg, float)[None, :]
@@ -165,14 +177,8 @@ def test_gallery_rejects_bad_input(tmp_path):
 
 
 def test_build_or_load_reuses_until_the_sources_change(tmp_path, person_images, untrained_model_dir):
-    from diffreid.data.types import ImageRecord
-
     images, pids = person_images
-    records = []
-    for i, (img, pid) in enumerate(zip(images, pids)):
-        path = tmp_path / "src" / f"{pid:04d}_c1s1_{i:06d}_00.jpg"
-        save_image_atomic(img, path)
-        records.append(ImageRecord(str(path), int(pid), 0))
+    records = write_records(tmp_path / "src", images, pids)
     extract = model_extractor(untrained_model_dir, RuntimeConfig(device="cpu"))
     calls = []
 
@@ -333,14 +339,8 @@ def test_tiny_clip_filter_plumbing(tiny_clip_dir, person_images):
 
 # ---------------------------------------------------------------------------------- one call, all kept
 def test_build_filters_and_score_all(tmp_path, person_images, untrained_model_dir, tiny_clip_dir):
-    from diffreid.data.types import ImageRecord
-
     images, pids = person_images
-    records = []
-    for i, (img, pid) in enumerate(zip(images, pids)):
-        path = tmp_path / "src" / f"{pid:04d}_c1s1_{i:06d}_00.jpg"
-        save_image_atomic(img, path)
-        records.append(ImageRecord(str(path), int(pid), 0))
+    records = write_records(tmp_path / "src", images, pids)
     cfg = FilterConfig.load(None, ["filters=[reid_ctf, cctf, clip]", "cctf_steps=20"],
                             reid_model_dir=str(untrained_model_dir), clip_model_dir=str(tiny_clip_dir),
                             gallery_dir=str(tmp_path / "cache"))
@@ -373,11 +373,7 @@ def test_build_filters_extra_records_join_in_memory_only(tmp_path, person_images
     from tests.conftest import _folder_snapshot
 
     images, pids = person_images
-    records = []
-    for i, (img, pid) in enumerate(zip(images, pids)):
-        path = tmp_path / "src" / f"{pid:04d}_c1s1_{i:06d}_00.jpg"
-        save_image_atomic(img, path)
-        records.append(ImageRecord(str(path), int(pid), 0))
+    records = write_records(tmp_path / "src", images, pids)
     source = [r for r in records if r.pid != 3]
     new_pid = max(r.pid for r in source) + 1 + 96  # above every source pid
     extras = [ImageRecord(r.path, new_pid, 0) for r in records if r.pid == 3]
