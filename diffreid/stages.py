@@ -157,10 +157,16 @@ def _describe_vi(result, out: Path) -> str:
                      "under dropped/")
     lines.append(f"modality adapter: {s['adapter']['steps']} steps in {s['adapter']['seconds']}s "
                  f"(loss {s['adapter']['loss_first']:.4f} -> {s['adapter']['loss_last']:.4f})")
-    for mode in ("sysu_all", "sysu_indoor"):
-        if mode in s["scorer"]:
-            m = s["scorer"][mode]
+    for mode, m in s["scorer"].items():
+        if isinstance(m, dict):
             lines.append(f"scorer {mode}: Rank-1 {m['Rank-1']:.3f}  mAP {m['mAP']:.3f}  mINP {m['mINP']:.3f}")
+    if s["generated"]:
+        lines.append(f"kept {s['generated_kept'] / s['generated']:.0%} of the generated images")
+    if "fidelity" in s:
+        f = s["fidelity"]
+        lines.append(f"fidelity (independent reader, Rank-1 of generated IR vs the identities' visible images, "
+                     f"chance {f['chance']:.2f}): all {f['rank1_all']:.2f}, kept {f['rank1_kept']:.2f}, "
+                     f"dropped {f['rank1_dropped']:.2f}")
     return "\n".join(lines)
 
 

@@ -25,6 +25,7 @@ from diffreid.data.toyworld import ToyWorldConfig
 from diffreid.io import atomic_write_json, atomic_write_text
 from diffreid.reid.finetune import FinetuneEvalTemplate
 from diffreid.reid.pretrain import PretrainConfig
+from diffreid.vi.config import VIExpandConfig
 
 
 def _source_world() -> ToyWorldConfig:
@@ -57,6 +58,9 @@ class StudyConfig(StageConfig):
                                       "`ablation_finetune` (one pre-training run is one sample of the claim)")
     seeded_backbones: list[str] = Field(["real S", "real S + Diff-Person"], description="backbones pre-trained "
                                         "once per seed: (b) and (c) by default; any backbone name of the tables")
+    vi: VIExpandConfig | None = Field(None, description="also run DiVE (a VIExpandConfig, e.g. toy-vi.yaml) and "
+                                      "its VI-ReID gain table; None = Tables 2-3 only")
+    vi_seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds of the VI-ReID gain table")
 
     def backbone_names(self) -> list[str]:
         """The pre-trained backbones, in table order."""
@@ -234,12 +238,21 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         print(f"filter agreement skipped: {err}")
     atomic_write_json(out / "filter_agreement.json", agreement)
 
+    # 6. DiVE: the VI expansion and the VI-ReID model trained with and without it
+    vi = None
+    if cfg.vi is not None:
+        from diffreid.vi import expand_vi
+        from diffreid.vi.gain import gain_table, vi_gain
+
+        summary = timed("vi-expand", lambda: expand_vi(cfg.vi, out / "vi", progress=progress).summary)
+        vi = {"summary": summary, "table": gain_table(timed("vi gain", lambda: vi_gain(out / "vi", cfg.vi_seeds)))}
+
     tables = {"main": to_markdown(summarise(frames[0]))}
     if len(frames) > 1:
         tables["ablations"] = to_markdown(summarise(frames[1]))
     if seeds_frame is not None:
         tables["pretrain_seeds"] = to_markdown(summarise(seeds_frame))
-    text = format_study(tables, agreement, sizes, timings)
+    text = format_study(tables, agreement, sizes, timings, vi)
     atomic_write_text(out / "RESULTS.md", text)
     print(text)
     return {"results": out / "RESULTS.md", "dataframes": [str(out / "finetune" / k) for k in ("main", "ablations")]}
@@ -260,7 +273,23 @@ def _slug(name: str) -> str:
     return name.replace(" · ", "_").replace(" ", "_").replace(",", "").replace("+", "plus")
 
 
-def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: dict) -> str:
+def format_vi(vi: dict) -> list[str]:
+    s = vi["summary"]
+    lines = ["## DiVE: a VI-ReID model with and without the expanded identities", "",
+             f"{s['expanded_ids']}/{s['rgb_ids']} RGB identities expanded, {s['generated_kept']}/{s['generated']} "
+             "generated IR images kept."]
+    if "sysu_all" in s["scorer"]:
+        m = s["scorer"]["sysu_all"]
+        lines[-1] += f" Scorer SYSU-all mAP {m['mAP']:.3f}, Rank-1 {m['Rank-1']:.3f}."
+    if "fidelity" in s:
+        f = s["fidelity"]
+        lines[-1] += (f" Fidelity (independent reader, Rank-1 vs the identities' visible images, chance "
+                      f"{f['chance']:.2f}): all {f['rank1_all']:.2f}, kept {f['rank1_kept']:.2f}, "
+                      f"dropped {f['rank1_dropped']:.2f}.")
+    return lines + ["", "Cells: mean ± std over seeds.", "", vi["table"], ""]
+
+
+def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: dict, vi: dict | None = None) -> str:
     lines = ["# Miniature reproduction (toy world)", "",
              "Fine-tune on T from each backbone; cells: mAP ± std over seeds / Rank-1 (%).", "",
              "## (a) random vs (b) real S vs (c) real S + Diff-Person", "", tables["main"]]
@@ -281,6 +310,8 @@ def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: 
                 lines.append(f"| {build} | {name} | {a['images']} | {100 * a['upper_colour']:.1f} | "
                              f"{100 * a['lower_colour']:.1f} | {100 * a['lower_type']:.1f} | {100 * a['sleeve']:.1f} | "
                              f"{100 * a['all four']:.1f} |")
+    if vi is not None:
+        lines += [""] + format_vi(vi)
     lines += ["", "## Time (s)", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in timings.items()]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from diffreid.data.toyworld import ToyWorldConfig, render_world
 from diffreid.reid.features import extract_features
 from diffreid.reid.model import ReIDModelConfig, build_reid_model, load_reid_model, save_reid_model
 from diffreid.reid.sampler import PKSampler
+from diffreid.reid.transforms import VisibleToInfrared
 from diffreid.reid.train import (ReIDTrainConfig, batch_hard_triplet_loss, evaluate_reid, lr_factor,
                                  train_reid)
 
@@ -105,6 +106,54 @@ def test_batch_hard_triplet_matches_brute_force():
     assert float(got) == pytest.approx(np.mean(expected), abs=1e-5)
     soft = batch_hard_triplet_loss(feats, labels, margin=0.3, soft_margin=True)
     assert float(soft) > 0 and float(soft) != pytest.approx(float(got))
+
+
+def test_vi_tricks_balanced_pk_cross_modality_triplet_and_visible_to_infrared():
+    pids = [1] * 6 + [1] * 2 + [2] * 5 + [2] * 5 + [3] * 7  # id 3 has visible images only
+    groups = [0] * 6 + [1] * 2 + [0] * 5 + [1] * 5 + [0] * 7
+    for batch in PKSampler(pids, p=3, k=4, seed=0, groups=groups):
+        for pid in (1, 2):
+            mods = Counter(groups[i] for i in batch if pids[i] == pid)
+            assert mods == {0: 2, 1: 2}, f"identity {pid}: K=4 split 2 visible + 2 infrared, got {mods}"
+        assert {groups[i] for i in batch if pids[i] == 3} == {0}
+
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(8, 5, generator=gen)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2])
+    mods = torch.tensor([0, 0, 1, 0, 1, 1, 0, 0])  # identity 2 has no infrared image: its anchors are skipped
+    dist = torch.cdist(feats, feats)
+    expected = []
+    for a in range(8):
+        pos = [dist[a, p] for p in range(8) if labels[p] == labels[a] and mods[p] != mods[a]]
+        neg = [dist[a, n] for n in range(8) if labels[n] != labels[a] and mods[n] != mods[a]]
+        if pos and neg:
+            expected.append(max(0.0, float(max(pos) - min(neg) + 0.3)))
+    assert len(expected) == 6
+    got = batch_hard_triplet_loss(feats, labels, margin=0.3, groups=mods)
+    assert float(got) == pytest.approx(np.mean(expected), abs=1e-5)
+    assert float(got) != pytest.approx(float(batch_hard_triplet_loss(feats, labels, margin=0.3)))
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, size=(16, 8, 3), dtype=np.uint8))
+    grey = np.asarray(VisibleToInfrared(grey_prob=1.0)(img))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    one = np.asarray(VisibleToInfrared(channel_prob=1.0)(img))
+    assert any((one[..., 0] == np.asarray(img)[..., c]).all() for c in range(3))
+    assert (one[..., 0] == one[..., 2]).all()
+    assert VisibleToInfrared()(img) is img
+
+
+def test_train_reid_with_vi_tricks_on_both_modalities(tmp_path):
+    world = render_world(ToyWorldConfig(layout="sysu", ir_cams=[3, 6], ids_train=6, ids_val=1, ids_test=2,
+                                        images_per_cam=(2, 3), height=64, width=32, seed=5), tmp_path / "vi",
+                         progress=False)
+    train = load_dataset("sysu_mm01", world).train
+    assert {r.modality for r in train} == {"rgb", "ir"}
+    cfg = tiny_cfg("modality_balanced=true", "visible_grey_prob=0.5", "visible_channel_prob=0.5",
+                   "cross_modality_triplet_weight=1.0")
+    result = train_reid(cfg, train, progress=False)
+    assert len(result.history) == 1 and result.history[0]["cross_modality_loss"] > 0
+    assert np.isfinite(result.history[0]["loss"])
 
 
 def test_model_heads_last_stride_and_token_backbones():

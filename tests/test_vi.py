@@ -45,7 +45,7 @@ def small_config(worlds, **extra) -> dict:
         "adapter": {"mode": "shared_lora_ti", "prior_loss_weight": 0.0, "rank": 2, "alpha": 2.0, "steps": 3,
                     "instance_batch_size": 4, "height": 64, "width": 32},
         "sampler": {"steps": 2, "guidance": 2.0, "height": 64, "width": 32, "output_height": 64, "output_width": 32,
-                    "batch_size": 8, "phrases_per_prompt": 0},
+                    "batch_size": 8, "phrases_per_prompt": 0, "init_strength": 0.6},
         "ir_images_per_id": 3, "rgb_images_per_id": 1, "ids_per_chunk": 2,
         "filter": {"threshold": 0.0},
         "scorer": {"eval_trials": 2, "train": {"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 2,
@@ -53,6 +53,7 @@ def small_config(worlds, **extra) -> dict:
                                                "milestones": [], "pad": 2, "num_workers": 0}},
         "runtime": {"device": "cpu", "seed": 0},
     }
+    cfg["fidelity_reader"] = {"train": {**cfg["scorer"]["train"], "runtime": {"device": "cpu", "seed": 1}}}
     cfg.update(extra)
     return cfg
 
@@ -142,6 +143,36 @@ def test_manifest_columns_scores_and_pid_map(expanded, worlds):
     mapped = {e["pid"]: e["source_pid"] for e in pid_map["entries"]}
     assert set(mapped.values()) == {1, 2, 3} and set(df["pid"]) == set(mapped)
     assert all(mapped[p] == s for p, s in zip(df["pid"], df["source_pid"]))
+
+
+def test_ir_images_start_from_the_identitys_own_visible_crops_and_are_read_back(expanded):
+    out, s = expanded["out"], expanded["summary"]
+    df = pd.read_parquet(out / "manifest.parquet")
+    sources = df[df.origin == "source"].groupby("pid")["source_path"].apply(set)
+    gen = df[df.origin == "generated"]
+    assert (gen["init_image"] != "").all()
+    assert all(row.init_image in sources[row.pid] for row in gen.itertuples())
+    fid = s["fidelity"]
+    assert fid["ir_images"] == int((gen["modality"] == "ir").sum()) == 9
+    assert fid["identities"] == 3 and fid["chance"] == pytest.approx(1 / 3)
+    assert 0.0 <= fid["rank1_all"] <= 1.0 and fid["kept"] == 9 and fid["kept_fraction"] == 1.0
+    assert Path(fid["reader"]).name == "fidelity-reader" and (Path(fid["reader"]) / "reid_model.json").is_file()
+
+
+def test_gain_trains_on_real_expanded_and_control_sets(expanded):
+    from diffreid.vi.gain import gain_table, vi_gain
+
+    rows = vi_gain(expanded["out"], seeds=[0], epochs=1)
+    (a, ra), (b, rb), (c, rc) = rows.items()
+    assert rb["ids"] == ra["ids"] + 3 and rc["ids"] == rb["ids"]
+    assert rb["generated_ir"] == 9 and rc["generated_ir"] == 0 and rc["images"] == rb["images"] - 9
+    assert all(0.0 <= v[0] <= 1.0 for r in rows.values() for k, v in r.items() if isinstance(v, list))
+    table = gain_table(rows)
+    assert table.count("\n") == 4 and "sysu_all mAP" in table and "control" in table
+    from diffreid.study import format_vi
+
+    section = "\n".join(format_vi({"summary": expanded["summary"], "table": table}))
+    assert "3/3 RGB identities expanded" in section and "Fidelity" in section and table in section
 
 
 def test_rerun_resumes_without_duplicates(expanded, worlds):

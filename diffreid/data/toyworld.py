@@ -42,6 +42,11 @@ HAIR_COLOURS: dict[str, tuple[int, int, int]] = {
 SKIN_TONES: dict[str, tuple[int, int, int]] = {
     "light": (238, 200, 170), "medium": (212, 160, 118), "tan": (172, 118, 78), "dark": (104, 68, 44)}
 VIEWS = ("front", "back", "side")
+# Near-infrared reflectance of each dye (0-100), as an IR camera sees clothes: unrelated to the colour's
+# visible brightness (many dark synthetic dyes reflect NIR strongly), so a cross-modality model has to learn it.
+IR_REFLECTANCE: dict[str, int] = {"black": 55, "gray": 20, "white": 95, "blue": 75, "red": 10, "green": 45,
+                                  "brown": 85, "purple": 30, "yellow": 65, "orange": 0, "pink": 40, "cyan": 100}
+HAIR_IR: dict[str, int] = {"black": 0, "brown": 12, "blonde": 30, "gray": 40, "red": 20}
 
 ATTRIBUTE_VOCAB: dict[str, list[str]] = {
     "upper_colour": list(COLOURS),
@@ -284,15 +289,15 @@ def _rgb(name: str, shade: tuple[int, int, int] = (0, 0, 0)) -> tuple[int, int, 
 def _fills(ident: Identity, modality: str, rng: np.random.Generator) -> dict:
     """Paint for every body part: RGB colours, or temperatures (0-255) in infrared."""
     if modality == "ir":
-        warm = 150 + 12 * ident.warmth
-        def lum(rgb):  # a faint trace of the dye's luminance survives
-            return 0.06 * (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] - 128)
-        upper = int(warm + lum(COLOURS[ident.upper_colour]))
+        warm = 6 * ident.warmth
+        def dye(name, base=100, scale=0.9):  # a garment's grey level follows its dye's NIR reflectance
+            return int(base + warm + scale * IR_REFLECTANCE[name])
+        upper = dye(ident.upper_colour)
         return {
-            "skin": 235, "hair": 120, "upper": upper,
-            "pattern": upper + (8 if ident.upper_pattern in ("striped", "checked") else 0),
-            "lower": int(warm - 14 + lum(COLOURS[ident.lower_colour])), "shoes": 95,
-            "bag": 90, "logo": upper + 6,
+            "skin": 215, "hair": 70 + HAIR_IR[ident.hair_colour], "upper": upper,
+            "pattern": dye(ident.pattern_colour), "logo": dye(ident.pattern_colour),
+            "lower": dye(ident.lower_colour, base=92), "shoes": dye(ident.shoes_colour, base=80, scale=0.4),
+            "bag": dye(ident.bag_colour, base=85, scale=0.6) if ident.bag_type != "none" else None,
         }
     shade = tuple(int(s + j) for s, j in zip(ident.shade, rng.integers(-4, 5, size=3)))
     return {

@@ -126,7 +126,7 @@ def cluster_contrast(model, records: Sequence[ImageRecord], cfg: ClusterContrast
         model.train()
         loss_sum = 0.0
         for _ in range(iters):
-            images, targets = next(batches)
+            images, targets, _ = next(batches)
             images, targets = images.to(device), targets.to(device)
             out = F.normalize(model.bnneck(model.global_feature(images)), dim=1)
             loss = F.cross_entropy(out @ memory.t() / cfg.temperature, targets)

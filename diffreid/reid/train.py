@@ -27,7 +27,7 @@ from diffreid.io import atomic_write_json
 from diffreid.reid.features import evaluate_reid, load_rgb
 from diffreid.reid.model import ReIDModel, ReIDModelConfig, build_reid_model, save_reid_model
 from diffreid.reid.sampler import PKSampler
-from diffreid.reid.transforms import train_transform
+from diffreid.reid.transforms import VisibleToInfrared, train_transform
 
 __all__ = ["ReIDTrainConfig", "TrainResult", "train_reid", "evaluate_reid", "batch_hard_triplet_loss"]
 
@@ -64,6 +64,15 @@ class ReIDTrainConfig(StageConfig):
     num_workers: int = Field(4, ge=0, description="DataLoader processes decoding images; 0 = in-process")
     eval_batch_size: int = Field(128, ge=1, description="inference needs no gradients: larger is fine")
     eval_flip: bool = Field(False, description="BoT evaluates without flip averaging")
+    # visible-infrared Re-ID (used when the training set holds both modalities; all off = plain BoT)
+    modality_balanced: bool = Field(False, description="VI-ReID: an identity's K images split evenly over "
+                                    "visible and infrared, so every batch has cross-modality positives")
+    visible_grey_prob: float = Field(0.0, ge=0, le=1, description="VI-ReID: visible images turned grey-scale, "
+                                     "so colour cannot carry identity where infrared has none")
+    visible_channel_prob: float = Field(0.0, ge=0, le=1, description="VI-ReID (CAJ): one random colour channel "
+                                        "copied to all three")
+    cross_modality_triplet_weight: float = Field(0.0, ge=0, description="VI-ReID: batch-hard triplet whose "
+                                                 "positives and negatives are in the anchor's other modality")
 
     @model_validator(mode="after")
     def check_consistency(self):
@@ -85,28 +94,43 @@ class TrainResult:
 
 
 class RecordDataset(Dataset):
-    def __init__(self, records: Sequence[ImageRecord], transform):
-        self.records, self.transform = records, transform
+    """(image tensor, pid, modality: 0 visible / 1 infrared); ``visible_aug`` acts on visible images only."""
+
+    def __init__(self, records: Sequence[ImageRecord], transform, visible_aug=None):
+        self.records, self.transform, self.visible_aug = records, transform, visible_aug
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int):
         rec = self.records[i]
-        return self.transform(load_rgb(rec)), rec.pid
+        img = load_rgb(rec)
+        if self.visible_aug is not None and rec.modality == "rgb":
+            img = self.visible_aug(img)
+        return self.transform(img), rec.pid, int(rec.modality == "ir")
 
 
 def batch_hard_triplet_loss(feats: torch.Tensor, labels: torch.Tensor, margin: float,
-                            soft_margin: bool = False) -> torch.Tensor:
-    """For each anchor: its farthest positive vs its closest negative (Euclidean distance)."""
+                            soft_margin: bool = False, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """For each anchor: its farthest positive vs its closest negative (Euclidean distance).
+
+    ``groups`` (e.g. modality per image): positives and negatives are taken only from the anchor's other
+    groups (the cross-modality triplet of VI-ReID); anchors without such a positive and negative are skipped.
+    """
     sq = feats.pow(2).sum(1, keepdim=True)
     dist = (sq + sq.t() - 2 * feats @ feats.t()).clamp(min=1e-12).sqrt()
     same = labels[:, None] == labels[None, :]
-    hardest_pos = (dist * same).max(1).values
-    hardest_neg = dist.masked_fill(same, float("inf")).min(1).values
+    allowed = torch.ones_like(same) if groups is None else groups[:, None] != groups[None, :]
+    pos, neg = same & allowed, ~same & allowed
+    hardest_pos = dist.masked_fill(~pos, float("-inf")).max(1).values
+    hardest_neg = dist.masked_fill(~neg, float("inf")).min(1).values
+    valid = pos.any(1) & neg.any(1)
+    if not valid.any():
+        return feats.sum() * 0.0
+    gap = hardest_pos[valid] - hardest_neg[valid]
     if soft_margin:
-        return F.softplus(hardest_pos - hardest_neg).mean()
-    return F.relu(hardest_pos - hardest_neg + margin).mean()
+        return F.softplus(gap).mean()
+    return F.relu(gap + margin).mean()
 
 
 def lr_factor(cfg: ReIDTrainConfig, epoch: float) -> float:
@@ -164,8 +188,12 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[ImageRecord], out_d
     # 3. data: PK batches of augmented images
     transform = train_transform(cfg.height, cfg.width, model.pixel_mean, model.pixel_std,
                                 flip_prob=cfg.flip_prob, pad=cfg.pad, erasing_prob=cfg.erasing_prob)
-    sampler = PKSampler([r.pid for r in records], cfg.P, cfg.K, seed=cfg.runtime.seed)
-    loader = DataLoader(RecordDataset(records, transform), batch_sampler=sampler, num_workers=cfg.num_workers,
+    modalities = [int(r.modality == "ir") for r in records]
+    sampler = PKSampler([r.pid for r in records], cfg.P, cfg.K, seed=cfg.runtime.seed,
+                        groups=modalities if cfg.modality_balanced else None)
+    visible_aug = (VisibleToInfrared(cfg.visible_grey_prob, cfg.visible_channel_prob)
+                   if cfg.visible_grey_prob or cfg.visible_channel_prob else None)
+    loader = DataLoader(RecordDataset(records, transform, visible_aug), batch_sampler=sampler, num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.runtime.seed))
     iters_per_epoch = cfg.iters_per_epoch or len(sampler)
@@ -185,9 +213,11 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[ImageRecord], out_d
     bar = tqdm(total=cfg.epochs * iters_per_epoch, desc="train re-id", unit="it", disable=not progress)
     for epoch in range(cfg.epochs):
         sums = dict(loss=0.0, id_loss=0.0, triplet_loss=0.0, acc=0.0)
+        if cfg.cross_modality_triplet_weight:
+            sums["cross_modality_loss"] = 0.0
         t0 = time.time()
         for _ in range(iters_per_epoch):
-            images, labels = next(batches)
+            images, labels, groups = next(batches)
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=dtype, enabled=autocast):
@@ -196,6 +226,11 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[ImageRecord], out_d
             id_loss = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
             tri_loss = batch_hard_triplet_loss(global_feat, labels, cfg.triplet_margin, cfg.triplet_soft_margin)
             loss = cfg.id_loss_weight * id_loss + cfg.triplet_loss_weight * tri_loss
+            if cfg.cross_modality_triplet_weight:
+                cross = batch_hard_triplet_loss(global_feat, labels, cfg.triplet_margin, cfg.triplet_soft_margin,
+                                                groups=groups.to(device))
+                loss = loss + cfg.cross_modality_triplet_weight * cross
+                sums["cross_modality_loss"] += cross.item()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"train_reid: loss became {loss.item()} at epoch {epoch + 1}; "
                                          "lower lr or use runtime.dtype=fp32")

@@ -66,8 +66,9 @@ class VIExpandConfig(StageConfig):
     VI dataset plus the RGB identities to expand, then generate infrared images for those RGB-only people."""
 
     # 1. data
-    vi_dataset: Literal["sysu_mm01"] = Field("sysu_mm01", description="the output is written in this dataset's "
-                                             "layout; SYSU-MM01 is the layout VI trainers read")
+    vi_dataset: Literal["sysu_mm01", "regdb", "llcm"] = Field(
+        "sysu_mm01", description="the VI dataset's reader; the output is written in its own layout, so VI "
+        "trainers read the expansion as they read the original")
     vi_root: str = Field("", description="the VI dataset folder; empty = the toy world (toy section)")
     vi_options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. include_val")
     rgb_dataset: str = Field("market1501", description="the RGB-only dataset whose identities are expanded")
@@ -95,6 +96,9 @@ class VIExpandConfig(StageConfig):
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(phrases_per_prompt=0),
                                    description="no attribute phrases by default: clothing words fight the "
                                    "identity token and mean little in infrared")
+    ir_grey: bool = Field(True, description="an infrared camera records one channel: generated IR images are "
+                          "stored as grey (3 equal channels, as SYSU-MM01/RegDB/LLCM store theirs), so no colour "
+                          "survives that a real IR image could not show")
     ir_images_per_id: int = Field(20, ge=1, description="infrared images per expanded identity, spread over the "
                                   "VI dataset's IR cameras")
     rgb_images_per_id: int = Field(0, ge=0, description="optional generated visible images (the source RGB "
@@ -106,6 +110,10 @@ class VIExpandConfig(StageConfig):
     filter: FilterConfig = Field(default_factory=FilterConfig, description="Re-ID CTF over the RGB gallery of "
                                  "the expanded identities, with the cross-modal scorer below")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig, description="the cross-modal Re-ID model")
+    fidelity_reader: ScorerConfig | None = Field(None, description="a second cross-modality model (train it with "
+                                                 "another seed, or give model_dir) that reads the generated IR "
+                                                 "images: Rank-1 against the identities' visible images; None = "
+                                                 "not measured (it costs one more scorer training)")
     min_kept_ir: int = Field(1, ge=0, description="an identity with fewer kept IR images is not added "
                              "(it would stay an RGB-only identity)")
 
@@ -141,5 +149,9 @@ class VIExpandConfig(StageConfig):
         if self.filter.filters != ["reid_ctf"]:
             raise ConfigError(f"filter.filters={self.filter.filters}: the VI filter is the cross-modal "
                               "Re-ID CTF only (['reid_ctf'])")
-        fill_runtime(self.runtime, (self.pipeline, self.adapter, self.scorer.train))
+        if self.toy is not None and not self.vi_root and self.vi_dataset != "sysu_mm01":
+            raise ConfigError(f"vi_dataset={self.vi_dataset!r} with an empty vi_root: the toy VI world is rendered "
+                              "in SYSU-MM01's layout only; give the dataset folder or use sysu_mm01")
+        parts = (self.pipeline, self.adapter, self.scorer.train)
+        fill_runtime(self.runtime, parts + ((self.fidelity_reader.train,) if self.fidelity_reader else ()))
         return self

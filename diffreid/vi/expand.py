@@ -7,7 +7,8 @@ Steps (each resumable: a re-run with the same config reuses the adapter, scorer 
 3. train the modality adapter (shared LoRA + one token per VI and RGB identity);
 4. train (or load) the cross-modal Re-ID scorer and build the RGB gallery of the expanded identities;
 5. per chunk of identities: sample IR (and optional RGB) images in mixed batches, score, write, commit;
-6. write the id lists, the merged manifest and ``summary.json``.
+6. write the id lists, the merged manifest and ``summary.json`` (with ``fidelity_reader``: how often an
+   independent cross-modality model recognises each generated IR image as its identity).
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from diffreid.data import load_dataset
 from diffreid.data.types import DatasetError, ImageRecord, ReIDDataset
 from diffreid.io import atomic_write_json
 from diffreid.vi.config import VIExpandConfig
-from diffreid.vi.layout import Generated, SysuExpansionWriter
+from diffreid.vi.layout import Generated, expansion_writer
 from diffreid.vi.modality import PromptMaker, generate, train_modality_adapter, training_images
 
 ADAPTER_DIR = "adapter"
 SCORER_DIR = "scorer"
 FILTER_DIR = "filter"
 SUMMARY = "summary.json"
+FIDELITY_DIR = "fidelity-reader"
 ADAPTER_NAME = "vi_modality"
 
 
@@ -79,8 +81,8 @@ def vi_train_records(dataset: ReIDDataset, max_ids: int | None) -> list[ImageRec
     ir = [r for r in records if r.modality == "ir"]
     if not ir:
         raise DatasetError(f"VI dataset {dataset.name} at {dataset.root} has no infrared images in its train split "
-                           "(no IR cameras: SYSU-MM01 expects images under cam3/ and cam6/); the modality adapter "
-                           "needs both modalities")
+                           "(SYSU-MM01 keeps them under cam3/ and cam6/, RegDB under Thermal/, LLCM under nir/); "
+                           "the modality adapter needs both modalities")
     if not any(r.modality == "rgb" for r in records):
         raise DatasetError(f"VI dataset {dataset.name} at {dataset.root} has no visible images in its train split")
     if max_ids is not None:
@@ -139,7 +141,7 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
     source_name, rgb = rgb_identities(cfg)
 
     # 2. pids and the VI dataset's own folders
-    writer = SysuExpansionWriter(out, vi.root, new_pid_start=cfg.new_pid_start, link_mode=cfg.link_mode,
+    writer = expansion_writer(cfg.vi_dataset, out, vi.root, new_pid_start=cfg.new_pid_start, link_mode=cfg.link_mode,
                                  jpeg_quality=cfg.jpeg_quality, keep_dropped=cfg.keep_dropped)
     new_pids = writer.assign_pids([(source_name, pid) for pid in rgb])
     by_new = dict(zip(new_pids, rgb.values()))
@@ -166,9 +168,8 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
         vi_train, out / SCORER_DIR, progress=bool(progress))
     summary["scorer"] = {"model_dir": str(model_dir), "train_seconds": round(scorer_seconds, 2)}
     if cfg.scorer.evaluate:
-        test = load_dataset(cfg.vi_dataset, cfg.vi_root, **{**cfg.vi_options, "mode": "all", "gallery_shots": None})
-        summary["scorer"].update(evaluate_scorer(model_dir, test, cfg.runtime, cfg.scorer.eval_trials,
-                                                 cfg.runtime.seed))
+        summary["scorer"].update(evaluate_scorer(model_dir, cfg.vi_dataset, cfg.vi_root, cfg.vi_options, cfg.runtime,
+                                                 cfg.scorer.eval_trials, cfg.runtime.seed))
     filters = build_vi_filters(cfg.filter, model_dir, by_new, cfg.runtime, cfg.filter.gallery_dir or out / FILTER_DIR)
 
     # 5. generate, score, write, one chunk of identities at a time
@@ -181,9 +182,11 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
             batches.append(("rgb", rgb_cams, cfg.rgb_images_per_id, cfg.ir_images_per_id))
         made: dict[int, list[tuple]] = {pid: [] for pid in chunk}
         for modality, cams, per_id, start in batches:
+            inits = {pid: [r.path for r in by_new[pid]] for pid in chunk} if cfg.sampler.init_strength else None
             for pid, items in generate(pipe, ADAPTER_NAME, chunk, loaded.tokens, modality, cams, per_id, cfg.sampler,
-                                       prompt, start).items():
-                made[pid] += [(g, cam, modality) for g, cam in items]
+                                       prompt, start, inits).items():
+                made[pid] += [(as_infrared(g) if modality == "ir" and cfg.ir_grey else g, cam, modality)
+                              for g, cam in items]
         flat = [(pid, *item) for pid in chunk for item in made[pid]]
         scores = score_all(filters, [g.image for _, g, _, _ in flat], [pid for pid, *_ in flat])
         keep = decide(scores, cfg.filter)
@@ -208,8 +211,20 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
     summary.update(manifest_summary(out))
     summary["expanded_ids"] = len(writer.expanded_pids())
     summary["lists"] = {name: len(ids) for name, ids in lists.items()}
+    if cfg.fidelity_reader is not None:
+        from diffreid.vi.fidelity import vi_fidelity
+
+        reader_dir, _ = train_or_load_scorer(cfg.fidelity_reader, vi_train, out / FIDELITY_DIR, progress=bool(progress))
+        summary["fidelity"] = {"reader": str(reader_dir), **vi_fidelity(out, reader_dir, cfg.runtime)}
     atomic_write_json(out / SUMMARY, summary)
     return VIExpandResult(out=out, summary=summary, lists=lists)
+
+
+def as_infrared(g):
+    """The generated image as an infrared camera stores it: its luminance in three equal channels."""
+    from dataclasses import replace
+
+    return replace(g, image=g.image.convert("L").convert("RGB"))
 
 
 def manifest_summary(out: Path) -> dict:

@@ -76,10 +76,12 @@ def train_modality_adapter(pipe, images: Sequence[TrainImage], cfg: AdapterConfi
 
 def generate(pipe, adapter: str, pids: Sequence[int], tokens: dict[int, str], modality: str, cams: Sequence[int],
              per_id: int, sampler: SamplerConfig, prompt: PromptMaker,
-             start_index: int = 0) -> dict[int, list[tuple[GeneratedImage, int]]]:
+             start_index: int = 0, init_images: dict[int, Sequence[str]] | None = None
+             ) -> dict[int, list[tuple[GeneratedImage, int]]]:
     """``per_id`` images of ``modality`` for every pid, spread round-robin over ``cams`` (1-based), as
     (image, camera) pairs. Each camera's prompts form one mixed-identity sampling run; image indices
-    (hence seeds) run from ``start_index`` without overlap across cameras."""
+    (hence seeds) run from ``start_index`` without overlap across cameras. ``init_images`` (pid -> its
+    visible crops) start image-to-image sampling when ``sampler.init_strength`` is set."""
     out: dict[int, list[tuple[GeneratedImage, int]]] = {pid: [] for pid in pids}
     offset = start_index
     for slot, cam in enumerate(cams):
@@ -88,7 +90,7 @@ def generate(pipe, adapter: str, pids: Sequence[int], tokens: dict[int, str], mo
             continue
         items = [(pid, prompt(tokens[pid], modality, cam)) for pid in pids]
         images = sample_mixed(pipe, items, sampler.model_copy(update={"num_images": count}), adapter=adapter,
-                              start_index=offset)
+                              start_index=offset, init_images=init_images)
         for g in images:
             out[g.record["pid"]].append((g, cam))
         offset += count

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from diffreid.config import RuntimeConfig
-from diffreid.data.types import ImageRecord, ReIDDataset
+from diffreid.data.types import ImageRecord
 from diffreid.filtering import FilterConfig, build_filters, model_extractor
 from diffreid.reid.model import META_NAME, WEIGHTS_NAME
 from diffreid.vi.config import ScorerConfig
@@ -37,19 +37,30 @@ def train_or_load_scorer(cfg: ScorerConfig, vi_train: Sequence[ImageRecord], out
     return out, time.perf_counter() - t0
 
 
-def evaluate_scorer(model_dir: str | Path, test: ReIDDataset, runtime: RuntimeConfig, trials: int,
-                    seed: int = 0) -> dict[str, dict[str, float]]:
-    """SYSU-MM01 all-search and indoor-search single-shot scores (``trials`` random galleries) of the scorer
-    on ``test`` (a SYSU reader result with the all-search gallery)."""
-    from diffreid.reid.vi_metrics import evaluate_sysu_features
+def evaluate_scorer(model_dir: str | Path, vi_dataset: str, root: str | Path, options: dict, runtime: RuntimeConfig,
+                    trials: int, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The scorer's test scores in the VI dataset's own protocol: SYSU-MM01 all-search and indoor-search
+    single-shot (``trials`` random galleries) and RegDB's both-ways protocol on the same test people, else the reader's cross-modality query -> gallery (RegDB trial,
+    LLCM infrared -> visible) with the Market ranking."""
+    from diffreid.data import load_dataset
+    from diffreid.reid.metrics import compute_distmat, evaluate_rank
+    from diffreid.reid.vi_metrics import evaluate_regdb, evaluate_sysu_features
 
+    sysu = vi_dataset == "sysu_mm01"
+    test = load_dataset(vi_dataset, root, **({**options, "mode": "all", "gallery_shots": None} if sysu else options))
     extract = model_extractor(model_dir, runtime)
     qf, gf = extract([r.path for r in test.query]), extract([r.path for r in test.gallery])
     arrays = lambda recs: (np.array([r.pid for r in recs]), np.array([r.camid for r in recs]))
     (q_pids, q_cams), (g_pids, g_cams) = arrays(test.query), arrays(test.gallery)
-    return {f"sysu_{mode}": evaluate_sysu_features(qf, gf, q_pids, g_pids, q_cams, g_cams, mode=mode, shots=1,
-                                                   trials=trials, seed=seed).metrics
-            for mode in ("all", "indoor")}
+    if not sysu:
+        return {vi_dataset: evaluate_rank(compute_distmat(qf, gf, "cosine"), q_pids, g_pids, q_cams, g_cams).as_dict()}
+    scores = {f"sysu_{mode}": evaluate_sysu_features(qf, gf, q_pids, g_pids, q_cams, g_cams, mode=mode, shots=1,
+                                                     trials=trials, seed=seed).metrics
+              for mode in ("all", "indoor")}
+    # RegDB's protocol on the same test people: every visible image against every infrared one, both ways
+    for direction in ("visible_to_thermal", "thermal_to_visible"):
+        scores[f"regdb_{direction}"] = evaluate_regdb(gf, g_pids, qf, q_pids, direction)
+    return scores
 
 
 def build_vi_filters(cfg: FilterConfig, model_dir: str | Path, gallery: dict[int, Sequence[ImageRecord]],
