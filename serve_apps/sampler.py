@@ -68,7 +68,7 @@ class IdentitySampler(PipelineHolder):
         store = self.registry.store
         work = store.pull("identities", ident, "work")
         cfg = job_config(self.settings, state["options"])
-        plan, job = identity_plan(self.settings, self.assets, work, cfg, self.filter.new_pid, caption=state["caption"])
+        plan, job = identity_plan(self.assets, work, cfg, self.filter.new_pid, caption=state["caption"])
         name = f"u{ident}"  # every upload is pid 1 of its own dataset, so the id names the resident adapter
         with self.lock:
             load_identity_adapter(self.pipe, IdentityGenerator(cfg, plan, pipe=self.pipe).adapter_dir(job), name)

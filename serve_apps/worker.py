@@ -60,8 +60,11 @@ def prepare_assets(settings: ServeSettings, progress: bool = False) -> Assets:
         assets = Assets(base_model_path=str(base), reid_model_dir=reid_dir,
                         clip_model_dir=clip_model_path(cfg.filter, root, tiny=cfg.tiny_base_model),
                         filter_dir=str(folder), reference_root=str(ref_root), reference_records=dataset.train)
-        # the reference gallery is cached here, once; every job only reads it and adds its upload in memory
-        build_filters(filter_config(cfg.filter, assets), dataset.train, runtime=cfg.runtime, cache_dir=folder)
+        # the reference gallery is cached here, once; every job only reads it and adds its upload in memory.
+        # Only the gallery: CCTF's head and CLIP depend on the upload and are built per job when enabled.
+        if "reid_ctf" in cfg.filter.filters:
+            gallery_only = filter_config(cfg.filter, assets).model_copy(update={"filters": ["reid_ctf"]})
+            build_filters(gallery_only, dataset.train, runtime=cfg.runtime, cache_dir=folder)
     return assets
 
 
@@ -97,8 +100,7 @@ class UploadFilter:
 # ----------------------------------------------------------------------------------------------------------
 # 2. the job worker: caption -> reference set -> adapter -> sample -> filter -> write
 # ----------------------------------------------------------------------------------------------------------
-def identity_plan(settings: ServeSettings, assets: Assets, work: Path, cfg, new_pid: int,
-                  caption: str | None = None):
+def identity_plan(assets: Assets, work: Path, cfg, new_pid: int, caption: str | None = None):
     """The one-identity BuildPlan of an upload (plan.out = its work folder)."""
     from diffreid.build import BuildPlan, IdentityJob, caption_all
     from diffreid.diffperson.writer import PidMapper, PID_MAP
@@ -225,7 +227,7 @@ class JobRunner(PipelineHolder):
             work = store.pull("identities", ident, "work")
             cfg = job_config(self.settings, state["options"])
             update(ident, state="training", stage="training", progress=0.1)
-            plan, job = identity_plan(self.settings, self.assets, work, cfg, self.filter.new_pid)
+            plan, job = identity_plan(self.assets, work, cfg, self.filter.new_pid)
             prompt = identity_prompt(cfg, plan.captions[job.pid], job.pid)
             gen = IdentityGenerator(cfg, plan, pipe=self.pipe)
             gen.train_adapter(job)
