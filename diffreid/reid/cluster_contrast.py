@@ -2,7 +2,8 @@
 Unsupervised Person Re-Identification"), the unsupervised and domain-adaptation stage of ``finetune-eval``.
 
 Every epoch: eval-mode features of all training images -> k-reciprocal Jaccard distance (the project's
-re-ranking code, :func:`diffreid.reid.metrics.jaccard_distance`) -> scikit-learn DBSCAN pseudo-labels (outliers,
+re-ranking code: :func:`diffreid.reid.metrics.jaccard_distance`, or above ``dense_jaccard_max`` images the sparse
+FAISS k-NN :func:`~diffreid.reid.metrics.jaccard_distance_knn`) -> scikit-learn DBSCAN pseudo-labels (outliers,
 label -1, are left out of that epoch) -> a cluster memory initialised with the L2-normalised cluster centroids.
 Then PK batches over the pseudo-labels train the encoder with the InfoNCE loss of each image's BN-neck feature
 against every cluster in the memory (temperature ``tau``), and each image's feature updates its own cluster's
@@ -39,6 +40,9 @@ class ClusterContrastConfig(BaseModel):
     k1: int = Field(30, ge=1, description="Cluster-Contrast's k-reciprocal neighbourhood (k1=30); must be below "
                     "the number of training images, so lower it (e.g. 10) for toy worlds of ~100 images")
     k2: int = Field(6, ge=1, description="Cluster-Contrast's local query expansion (k2=6)")
+    dense_jaccard_max: int = Field(4000, ge=0, description="up to this many images the dense O(N^2) Jaccard "
+                                   "distance is used; above it the sparse FAISS k-NN one, since N^2 floats several "
+                                   "times over do not fit for Market-1501 (12,936) or MSMT17 (32,621)")
     momentum: float = Field(0.1, ge=0, lt=1, description="Cluster-Contrast's memory momentum: c <- 0.1 c + 0.9 f, "
                             "so centroids follow the encoder within an epoch")
     temperature: float = Field(0.05, gt=0, description="Cluster-Contrast's InfoNCE temperature")
@@ -59,15 +63,20 @@ class ClusterContrastResult:
 
 
 def pseudo_labels(features: np.ndarray, cfg: ClusterContrastConfig) -> np.ndarray:
-    """DBSCAN labels (0..C-1, -1 = outlier) of L2-normalised features over their k-reciprocal Jaccard distance."""
+    """DBSCAN labels (0..C-1, -1 = outlier) of L2-normalised features over their k-reciprocal Jaccard distance:
+    the dense one up to ``cfg.dense_jaccard_max`` images, else the sparse k-NN one (pairs with no overlapping
+    neighbour weights are left out, i.e. at distance 1 > eps; DBSCAN reads the stored entries as the graph)."""
     from sklearn.cluster import DBSCAN
 
-    from diffreid.reid.metrics import compute_distmat, jaccard_distance
+    from diffreid.reid.metrics import compute_distmat, jaccard_distance, jaccard_distance_knn
 
     if len(features) <= cfg.k1:
         raise DatasetError(f"cluster.k1={cfg.k1} needs more than {cfg.k1} training images, got {len(features)}: "
                            "lower cluster.k1")
-    jaccard = jaccard_distance(compute_distmat(features, features, metric="cosine"), cfg.k1, cfg.k2)
+    if len(features) <= cfg.dense_jaccard_max:
+        jaccard = jaccard_distance(compute_distmat(features, features, metric="cosine"), cfg.k1, cfg.k2)
+    else:
+        jaccard = jaccard_distance_knn(features, cfg.k1, cfg.k2)
     return DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples, metric="precomputed").fit_predict(jaccard)
 
 

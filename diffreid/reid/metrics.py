@@ -248,17 +248,8 @@ def _k_reciprocal_weights(dist, k1, k2):
     nearest items (see :func:`re_ranking`); ``dist`` is pooled and scaled to [0, 1]."""
     total = len(dist)
     nearest = _nearest(dist, max(k1 + 1, k2))
-    half = max(1, int(round(k1 / 2)))
-    recip = [_reciprocal(nearest[:, : k1 + 1], p) for p in range(total)]
-    recip_half = [_reciprocal(nearest[:, : half + 1], p) for p in range(total)]
     weights = np.zeros((total, total), dtype=np.float32)
-    for p in range(total):
-        members = recip[p]
-        expanded = members
-        for c in members:
-            candidate = recip_half[c]
-            if 3 * np.intersect1d(candidate, members, assume_unique=True).size >= 2 * candidate.size:
-                expanded = np.union1d(expanded, candidate)
+    for p, expanded in enumerate(_expanded_sets(nearest, k1)):
         w = np.exp(-dist[p, expanded])
         weights[p, expanded] = w / w.sum()
     if k2 > 1:  # local query expansion over the k2 nearest items
@@ -267,6 +258,124 @@ def _k_reciprocal_weights(dist, k1, k2):
             expanded_weights += weights[nearest[:, j]]
         weights = expanded_weights / k2
     return weights
+
+
+def _expanded_sets(nearest, k1):
+    """R*(p, k1) of every item p (sorted indices), from neighbour lists ``nearest`` (row p: p itself, then its
+    nearest others, at least k1 + 1 columns): R(p, k1) joined with every R(c, round(k1/2)) of a c in R(p, k1)
+    that shares at least 2/3 of its items with R(p, k1). Shared by the dense and the k-NN Jaccard distances."""
+    total = len(nearest)
+    half = max(1, int(round(k1 / 2)))
+    recip = [_reciprocal(nearest[:, : k1 + 1], p) for p in range(total)]
+    recip_half = [_reciprocal(nearest[:, : half + 1], p) for p in range(total)]
+    for p in range(total):
+        members = recip[p]
+        expanded = members
+        for c in members:
+            candidate = recip_half[c]
+            if 3 * np.intersect1d(candidate, members, assume_unique=True).size >= 2 * candidate.size:
+                expanded = np.union1d(expanded, candidate)
+        yield expanded
+
+
+def jaccard_distance_knn(features, k1: int = 30, k2: int = 6, search_k: int | None = None):
+    """Sparse (N, N) k-reciprocal Jaccard distances of feature rows, from their FAISS k nearest neighbours.
+
+    The rule of :func:`jaccard_distance` (R(p, k1), the 2/3-overlap expansion with R(c, round(k1/2)), Gaussian
+    weights normalised to sum 1, k2 local query expansion, d_J = 1 - sum(min) / sum(max)), computed over
+    neighbour lists only, for the cosine distance d = max(0, 1 - <x_p, x_i>) of the L2-normalised rows:
+
+    - neighbour lists: an exact FAISS inner-product search (``IndexFlatIP``) of the ``search_k`` nearest items
+      (default and minimum max(k1 + 1, k2), at most N; only the first max(k1 + 1, k2) are used), each list
+      starting with the item itself; equal similarities come in FAISS's order, not always by index;
+    - weights: exp(-d(p, i)) with d from the dot products of the rows involved, UNSCALED, as Cluster-Contrast's
+      ``compute_jaccard_distance`` does (it uses 2 - 2<x_p, x_i>); the dense function divides d by its
+      overall maximum first (a maximum that needs every pair), so its weights are exp(-d / max d): the same
+      neighbour sets, slightly different weights, and so slightly different distance values;
+    - distances: only for pairs whose weight supports overlap (an inverted index column -> rows); every other
+      pair is at distance 1 and is not stored. The diagonal is stored explicitly as 0, so a consumer of
+      stored entries (scikit-learn's DBSCAN / radius neighbours with metric="precomputed") counts each item
+      as its own neighbour; pairs at distance 0 are stored as explicit zeros too.
+
+    Returns a symmetric float32 ``scipy.sparse.csr_matrix`` with values in [0, 1] and sorted indices.
+    Memory is O(N * (k1 + candidates)) where candidates are the overlapping pairs per row; no (N, N) array.
+    """
+    import faiss
+    from scipy import sparse
+
+    x = _features(features, "features")
+    n = len(x)
+    if k1 < 1 or k2 < 1:
+        raise ValueError(f"k1 and k2 must be >= 1, got k1={k1}, k2={k2}")
+    depth = max(k1 + 1, k2)
+    if depth > n:
+        raise ValueError(f"k1={k1}, k2={k2} need at least {depth} items, got {n}")
+    if search_k is None:
+        search_k = depth
+    if search_k < depth or search_k > n:
+        raise ValueError(f"search_k must be in [max(k1 + 1, k2), N] = [{depth}, {n}], got {search_k}")
+    x = np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+    # 1. Neighbour lists: the item itself, then its nearest others in FAISS's order.
+    index = faiss.IndexFlatIP(x.shape[1])
+    index.add(x)
+    _, found = index.search(x, min(search_k + 1, n))
+    rows = np.arange(n)
+    is_self = found == rows[:, None]
+    others = np.take_along_axis(found, np.argsort(is_self, axis=1, kind="stable"), axis=1)
+    nearest = np.concatenate([rows[:, None], others[:, : depth - 1]], axis=1).astype(np.int64)
+    del index, found, is_self, others
+
+    # 2. Sparse Gaussian weights on R*(p, k1), normalised per row, then the k2 local query expansion.
+    sizes = np.empty(n, dtype=np.int64)
+    cols, vals = [], []
+    for p, expanded in enumerate(_expanded_sets(nearest, k1)):
+        w = np.exp(-np.maximum(1.0 - x[expanded] @ x[p], 0.0))
+        sizes[p] = expanded.size
+        cols.append(expanded)
+        vals.append(w / w.sum())
+    indptr = np.concatenate([[0], np.cumsum(sizes)])
+    weights = sparse.csr_matrix((np.concatenate(vals).astype(np.float32), np.concatenate(cols), indptr),
+                                shape=(n, n))
+    del cols, vals
+    if k2 > 1:
+        expansion = sparse.csr_matrix(
+            (np.full(n * k2, 1.0 / k2, dtype=np.float32), nearest[:, :k2].ravel(), np.arange(0, n * k2 + 1, k2)),
+            shape=(n, n))
+        weights = (expansion @ weights).tocsr()
+    weights.sum_duplicates()
+    weights.sort_indices()
+
+    # 3. shared(p, q) = sum_j min(V_pj, V_qj) over the columns j both hold (inverted index: CSC), in row chunks.
+    by_column = weights.tocsc()
+    col_start = by_column.indptr[weights.indices]
+    col_count = by_column.indptr[weights.indices + 1] - col_start
+    per_row = np.add.reduceat(col_count, weights.indptr[:-1]) if n else col_count
+    bounds = [0]
+    budget = 1 << 22  # (p, j, q) triples per chunk
+    done = np.cumsum(per_row)
+    while bounds[-1] < n:
+        base = done[bounds[-1] - 1] if bounds[-1] else 0
+        bounds.append(max(bounds[-1] + 1, int(np.searchsorted(done, base + budget, "right"))))
+    blocks = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        lo, hi = weights.indptr[a], weights.indptr[b]
+        counts = col_count[lo:hi]
+        entry = np.repeat(np.arange(lo, hi), counts)
+        offset = np.cumsum(counts) - counts
+        pos = col_start[entry] + np.arange(entry.size) - np.repeat(offset, counts)
+        p_of = np.repeat(np.repeat(np.arange(a, b), np.diff(weights.indptr[a : b + 1])), counts)
+        shared = np.minimum(weights.data[entry], by_column.data[pos])
+        blocks.append(sparse.csr_matrix((shared, (p_of - a, by_column.indices[pos])), shape=(b - a, n)))
+    shared = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((n, n), dtype=np.float32)
+    del blocks, by_column
+    shared = ((shared + shared.T) * 0.5).tocsr()  # float rounding only: min(V_p, V_q) is symmetric
+    shared.sort_indices()
+
+    # 4. d_J = 1 - shared / (2 - shared) (rows of V sum to 1, so sum(max) = 2 - sum(min)); diagonal 0.
+    shared.data = np.clip(1.0 - shared.data / (2.0 - shared.data), 0.0, 1.0).astype(np.float32)
+    shared.setdiag(0.0)  # every item overlaps itself, so the diagonal is stored already
+    return shared
 
 
 # ----------------------------------------------------------------------------------------------------

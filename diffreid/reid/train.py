@@ -193,7 +193,8 @@ def train_reid(cfg: ReIDTrainConfig, train_records: Sequence[ImageRecord], out_d
                         groups=modalities if cfg.modality_balanced else None)
     visible_aug = (VisibleToInfrared(cfg.visible_grey_prob, cfg.visible_channel_prob)
                    if cfg.visible_grey_prob or cfg.visible_channel_prob else None)
-    loader = DataLoader(RecordDataset(records, transform, visible_aug), batch_sampler=sampler, num_workers=cfg.num_workers,
+    loader = DataLoader(RecordDataset(records, transform, visible_aug), batch_sampler=sampler,
+                        num_workers=cfg.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.runtime.seed))
     iters_per_epoch = cfg.iters_per_epoch or len(sampler)

@@ -323,7 +323,8 @@ class ExpansionWriter:
                    "origin": "generated", "prompt": rec["prompt"], "seed": int(rec["seed"]),
                    "adapter": str(rec["adapter"]), "base_model": str(rec.get("base_model", "")),
                    "scheduler": rec["scheduler"], "steps": int(rec["steps"]), "guidance": float(rec["guidance"]),
-                   "init_image": str(rec.get("init_image") or ""), **{f"score_{k}": float(v) for k, v in g.scores.items()}, "kept": kept, "sha256": sha,
+                   "init_image": str(rec.get("init_image") or ""),
+                   **{f"score_{k}": float(v) for k, v in g.scores.items()}, "kept": kept, "sha256": sha,
                    "source_path": "", "source_camid": -1}
             rows.append(row)
         atomic_write_json(self.root / PARTS_DIR / f"ident-{pid:06d}.json",

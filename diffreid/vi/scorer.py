@@ -40,8 +40,8 @@ def train_or_load_scorer(cfg: ScorerConfig, vi_train: Sequence[ImageRecord], out
 def evaluate_scorer(model_dir: str | Path, vi_dataset: str, root: str | Path, options: dict, runtime: RuntimeConfig,
                     trials: int, seed: int = 0) -> dict[str, dict[str, float]]:
     """The scorer's test scores in the VI dataset's own protocol: SYSU-MM01 all-search and indoor-search
-    single-shot (``trials`` random galleries) and RegDB's both-ways protocol on the same test people, else the reader's cross-modality query -> gallery (RegDB trial,
-    LLCM infrared -> visible) with the Market ranking."""
+    single-shot (``trials`` random galleries) and RegDB's both-ways protocol on the same test people, else the
+    reader's cross-modality query -> gallery (RegDB trial, LLCM infrared -> visible) with the Market ranking."""
     from diffreid.data import load_dataset
     from diffreid.reid.metrics import compute_distmat, evaluate_rank
     from diffreid.reid.vi_metrics import evaluate_regdb, evaluate_sysu_features
