@@ -15,7 +15,7 @@ from diffreid.data.types import ImageRecord, ReIDDataset
 from diffreid.reid.cluster_contrast import ClusterContrastConfig, pseudo_labels
 from diffreid.reid.finetune import (FinetuneEvalConfig, dg_labels, merge_sources, planned_runs, run_finetune_eval,
                                     DatasetRef)
-from diffreid.reid.metrics import jaccard_distance
+from diffreid.reid.metrics import compute_distmat, jaccard_distance, jaccard_distance_knn
 
 TRAIN = {"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 4, "K": 2, "epochs": 1,
          "iters_per_epoch": 3, "warmup_epochs": 0, "milestones": [5], "num_workers": 0, "pad": 2}
@@ -39,6 +39,55 @@ def test_jaccard_distance_is_a_symmetric_k_reciprocal_distance():
     assert jac[same & ~np.eye(40, dtype=bool)].max() < jac[~same].min(), "neighbours share k-reciprocal sets"
     with pytest.raises(ValueError, match="k1=40"):
         jaccard_distance(d.clip(0), k1=40)
+
+
+def test_knn_jaccard_is_sparse_and_clusters_like_the_dense_one():
+    from scipy import sparse
+    from sklearn.cluster import DBSCAN
+    from sklearn.metrics import adjusted_rand_score
+
+    x, truth = blobs(n_clusters=5, per=20, dim=32, seed=1)
+    n = len(x)
+    jac = jaccard_distance_knn(x, k1=10, k2=6)
+    assert sparse.isspmatrix_csr(jac) and jac.shape == (n, n)
+    assert jac.nnz < n * n / 4, "only pairs with overlapping neighbour weights are stored"
+    assert abs(jac - jac.T).max() == 0 and jac.min() >= 0 and jac.max() <= 1
+    coo = jac.tocoo()
+    on_diagonal = coo.row == coo.col
+    assert sorted(coo.row[on_diagonal]) == list(range(n)) and np.all(coo.data[on_diagonal] == 0), \
+        "the zero diagonal is stored explicitly"
+    dense = jaccard_distance(compute_distmat(x, x, "cosine"), k1=10, k2=6)
+    coo = jac.tocoo()
+    stored = np.ones((n, n), dtype=np.float32)  # what the sparse matrix means: absent = distance 1
+    stored[coo.row, coo.col] = coo.data
+    missing = np.ones((n, n), dtype=bool)
+    missing[coo.row, coo.col] = False
+    assert np.all(dense[missing] > 0.99), "pairs left out are (near) distance 1 in the dense version too"
+    assert np.abs(stored - dense)[~missing].max() < 0.05, "only the weight scaling differs"
+    dbscan = DBSCAN(eps=0.6, min_samples=4, metric="precomputed")
+    sparse_labels, dense_labels = dbscan.fit_predict(jac), dbscan.fit_predict(dense)
+    assert adjusted_rand_score(dense_labels, sparse_labels) == 1.0
+    assert adjusted_rand_score(truth, sparse_labels) == 1.0
+    near = jaccard_distance_knn(x, k1=10, k2=6, max_distance=0.3)
+    assert near.nnz < jac.nnz and near.max() <= 0.3
+    kept = jac.tocoo()
+    kept = {(r, c): v for r, c, v in zip(kept.row, kept.col, kept.data) if v <= 0.3 or r == c}
+    got = near.tocoo()
+    assert {(r, c): v for r, c, v in zip(got.row, got.col, got.data)} == kept, "max_distance drops only farther pairs"
+    tight = DBSCAN(eps=0.3, min_samples=4, metric="precomputed")
+    assert np.array_equal(tight.fit_predict(near), tight.fit_predict(jac))
+    for bad in ({"k1": 0}, {"k2": 0}, {"k1": 100}, {"k1": 10, "max_distance": 1.5}):
+        with pytest.raises(ValueError):
+            jaccard_distance_knn(x, **bad)
+    with pytest.raises(ValueError, match="features"):
+        jaccard_distance_knn(x[0])
+
+
+def test_pseudo_labels_use_the_knn_jaccard_above_the_threshold():
+    x, truth = blobs()
+    dense = pseudo_labels(x, ClusterContrastConfig(k1=8, k2=3))
+    knn = pseudo_labels(x, ClusterContrastConfig(k1=8, k2=3, dense_jaccard_max=10))
+    assert knn.max() + 1 == 4 and len({(a, b) for a, b in zip(knn, dense)}) == 4
 
 
 def test_dbscan_pseudo_labels_recover_the_clusters():

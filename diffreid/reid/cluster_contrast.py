@@ -76,7 +76,7 @@ def pseudo_labels(features: np.ndarray, cfg: ClusterContrastConfig) -> np.ndarra
     if len(features) <= cfg.dense_jaccard_max:
         jaccard = jaccard_distance(compute_distmat(features, features, metric="cosine"), cfg.k1, cfg.k2)
     else:
-        jaccard = jaccard_distance_knn(features, cfg.k1, cfg.k2)
+        jaccard = jaccard_distance_knn(features, cfg.k1, cfg.k2, max_distance=cfg.eps)
     return DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples, metric="precomputed").fit_predict(jaccard)
 
 
