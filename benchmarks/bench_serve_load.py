@@ -33,19 +33,19 @@ MIX = (("status", 0.45), ("images", 0.3), ("generate", 0.25))
 
 
 def replica_memory() -> dict[str, int]:
-    """Resident bytes of every live Serve replica of the app, by deployment and replica."""
+    """Resident bytes of every live Serve replica of the app, by deployment and process: the replicas are
+    processes of the local cluster this benchmark started (its descendants), named ``ray::ServeReplica:...``."""
     import psutil
-    from ray.util.state import list_actors
 
     out = {}
-    for actor in list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
-        name = actor.name or ""
-        if "#" in name and actor.pid:
-            deployment, replica = name.split("#")[1:3]
-            try:
-                out[f"{deployment}#{replica[:6]}"] = psutil.Process(actor.pid).memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+            if title.startswith("ray::ServeReplica:diffreid:"):
+                deployment = title.split(":")[4].split(".")[0].split()[0]
+                out[f"{deployment}#{proc.pid}"] = proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, IndexError):
+            pass
     return out
 
 
@@ -74,15 +74,14 @@ def main() -> None:
     serve.run(build_app(AppArgs(settings=settings)), name="diffreid", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
 
-    # 1. three finished identities
+    # 1. three finished identities, one after the other (the queue bound of 2 is for the load phase)
     ids = []
     with httpx.Client(base_url=base, timeout=300) as client:
         for k in range(3):
             r = client.post("/v1/identities", files=[("images", c) for c in crops(100 + k)], data={"num_images": 2})
             r.raise_for_status()
             ids.append(r.json()["id"])
-        for ident in ids:
-            while client.get(f"/v1/identities/{ident}").json()["state"] not in ("done", "failed"):
+            while client.get(f"/v1/identities/{ids[-1]}").json()["state"] not in ("done", "failed"):
                 time.sleep(0.2)
         for ident in ids:  # every adapter loaded once: the load phase measures steady state, not first loads
             client.post(f"/v1/identities/{ident}/generate", json={"num_images": 1}).raise_for_status()
