@@ -141,8 +141,8 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
     source_name, rgb = rgb_identities(cfg)
 
     # 2. pids and the VI dataset's own folders
-    writer = expansion_writer(cfg.vi_dataset, out, vi.root, new_pid_start=cfg.new_pid_start, link_mode=cfg.link_mode,
-                                 jpeg_quality=cfg.jpeg_quality, keep_dropped=cfg.keep_dropped)
+    writer = expansion_writer(cfg.vi_dataset, out, vi.root, new_pid_start=cfg.new_pid_start,
+                              link_mode=cfg.link_mode, jpeg_quality=cfg.jpeg_quality, keep_dropped=cfg.keep_dropped)
     new_pids = writer.assign_pids([(source_name, pid) for pid in rgb])
     by_new = dict(zip(new_pids, rgb.values()))
     source_of = dict(zip(new_pids, rgb))
@@ -181,8 +181,8 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
         if cfg.rgb_images_per_id:
             batches.append(("rgb", rgb_cams, cfg.rgb_images_per_id, cfg.ir_images_per_id))
         made: dict[int, list[tuple]] = {pid: [] for pid in chunk}
+        inits = {pid: [r.path for r in by_new[pid]] for pid in chunk} if cfg.sampler.init_strength else None
         for modality, cams, per_id, start in batches:
-            inits = {pid: [r.path for r in by_new[pid]] for pid in chunk} if cfg.sampler.init_strength else None
             for pid, items in generate(pipe, ADAPTER_NAME, chunk, loaded.tokens, modality, cams, per_id, cfg.sampler,
                                        prompt, start, inits).items():
                 made[pid] += [(as_infrared(g) if modality == "ir" and cfg.ir_grey else g, cam, modality)
@@ -214,7 +214,8 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
     if cfg.fidelity_reader is not None:
         from diffreid.vi.fidelity import vi_fidelity
 
-        reader_dir, _ = train_or_load_scorer(cfg.fidelity_reader, vi_train, out / FIDELITY_DIR, progress=bool(progress))
+        reader_dir, _ = train_or_load_scorer(cfg.fidelity_reader, vi_train, out / FIDELITY_DIR,
+                                             progress=bool(progress))
         summary["fidelity"] = {"reader": str(reader_dir), **vi_fidelity(out, reader_dir, cfg.runtime)}
     atomic_write_json(out / SUMMARY, summary)
     return VIExpandResult(out=out, summary=summary, lists=lists)
