@@ -29,7 +29,7 @@ def main() -> None:
     from diffreid.data.toyworld import render_world
     from diffreid.vi.config import VIExpandConfig
     from diffreid.vi.expand import vi_train_records
-    from diffreid.vi.scorer import evaluate_scorer, train_or_load_scorer
+    from diffreid.vi.gain import scores_over_seeds
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/toy-vi.yaml")
@@ -57,16 +57,9 @@ def main() -> None:
     for name, update in VARIANTS.items():
         if args.variants and not any(v in name for v in args.variants):
             continue
-        scores: dict[str, list[float]] = {}
-        for seed in args.seeds:
-            train_cfg = {**base, **plain, **update, "runtime": {**base["runtime"], "seed": seed}}
-            scorer_cfg = cfg.scorer.model_copy(update={"train": type(cfg.scorer.train).model_validate(train_cfg)})
-            folder = out / "models" / f"{list(VARIANTS).index(name)}-e{base['epochs']}-s{seed}"
-            model_dir, _ = train_or_load_scorer(scorer_cfg, train, folder)
-            result = evaluate_scorer(model_dir, "sysu_mm01", world, {}, cfg.runtime, cfg.scorer.eval_trials, seed)
-            for mode, metrics in result.items():
-                for key in ("mAP", "Rank-1")[:1 if mode.startswith("regdb") else 2]:
-                    scores.setdefault(f"{mode} {key}", []).append(metrics[key])
+        train_cfg = type(cfg.scorer.train).model_validate({**base, **plain, **update})
+        scores = scores_over_seeds(cfg, train_cfg, train, lambda seed: out / "models" / (
+            f"{list(VARIANTS).index(name)}-e{base['epochs']}-s{seed}"), args.seeds, vi_root=world)
         rows.append((name, scores))
     cols = ["sysu_all mAP", "sysu_all Rank-1", "sysu_indoor mAP", "sysu_indoor Rank-1",
             "regdb_visible_to_thermal mAP", "regdb_thermal_to_visible mAP"]

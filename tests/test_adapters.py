@@ -117,6 +117,36 @@ def test_lora_trains_saves_and_loads_in_a_stock_pipeline(pipe, people, tiny_dir,
     assert again.losses == result.losses and again.seconds == 0.0, "a finished run is not trained again"
 
 
+def test_text_encoder_lora_is_loaded_and_switched_with_the_identity(pipe, people, tiny_dir, tmp_path):
+    """A LoRA trained on UNet + text encoder: loaded into another pipeline, its text-encoder layers hold the
+    trained weights (transformers' load report calls them missing; they are not), change the prompt's embedding
+    while active and leave it as the base's when deactivated."""
+    result = train_identity_adapter(pipe, people[0], ID_PROMPT, people[1], REF_PROMPT,
+                                    cfg(steps=4, lr=1e-2, train_text_encoder=True, checkpoint_every=100),
+                                    tmp_path / "te", "te")
+    saved = load_file(result.dir / "pytorch_lora_weights.safetensors")
+    saved_up = sorted(float(v.abs().sum()) for k, v in saved.items() if k.startswith("text_encoder.") and ".up." in k)
+    assert saved_up and max(saved_up) > 0
+
+    other = load_pipeline(PipelineConfig(path=str(tiny_dir), runtime={"device": "cpu"}))
+    ids = other.tokenizer([ID_PROMPT], padding="max_length", max_length=other.tokenizer.model_max_length,
+                          return_tensors="pt").input_ids
+
+    def embedding():
+        with torch.no_grad():
+            return other.text_encoder(ids).last_hidden_state
+
+    base = embedding()
+    load_identity_adapter(other, result.dir, "te")
+    activate(other, "te")
+    loaded_up = sorted(float(v.abs().sum()) for k, v in other.text_encoder.state_dict().items()
+                       if ".lora_B.te." in k)
+    assert loaded_up == pytest.approx(saved_up, rel=1e-5)
+    assert (embedding() - base).abs().max() > 1e-3
+    deactivate(other)
+    assert torch.equal(embedding(), base)
+
+
 def test_prior_term_changes_the_update(pipe, people, tmp_path):
     weights, firsts = [], []
     for lam in (0.0, 1.0):

@@ -25,16 +25,14 @@ class PKSampler(Sampler[list[int]]):
             raise ValueError(f"PKSampler: P and K must be >= 1, got P={p}, K={k}")
         if groups is not None and len(groups) != len(pids):
             raise ValueError(f"PKSampler: {len(groups)} group labels for {len(pids)} images")
-        self.index_by_pid: dict[int, list[int]] = defaultdict(list)
         self.index_by_key: dict[tuple[int, int], list[int]] = defaultdict(list)
         for idx, pid in enumerate(pids):
-            self.index_by_pid[int(pid)].append(idx)
             self.index_by_key[(int(pid), 0 if groups is None else int(groups[idx]))].append(idx)
         self.keys_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for key in sorted(self.index_by_key):
             self.keys_of[key[0]].append(key)
-        if len(self.index_by_pid) < p:
-            raise ValueError(f"PKSampler: P={p} identities per batch but only {len(self.index_by_pid)} exist")
+        if len(self.keys_of) < p:
+            raise ValueError(f"PKSampler: P={p} identities per batch but only {len(self.keys_of)} exist")
         self.p, self.k, self.seed, self.epoch = p, k, seed, 0
         self.num_batches = max(1, len(pids) // (p * k))
 
@@ -46,7 +44,7 @@ class PKSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        pid_list = sorted(self.index_by_pid)
+        pid_list = sorted(self.keys_of)
         pools: dict[tuple[int, int], list[int]] = {key: [] for key in self.index_by_key}
         order: list[int] = []
         for _ in range(self.num_batches):

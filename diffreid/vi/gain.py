@@ -21,7 +21,6 @@ def vi_gain(expansion: str | Path, seeds: Sequence[int] = (0, 1, 2), epochs: int
     from diffreid.config import RESOLVED_CONFIG
     from diffreid.data import load_dataset
     from diffreid.vi.config import VIExpandConfig
-    from diffreid.vi.scorer import evaluate_scorer, train_or_load_scorer
 
     out = Path(expansion)
     cfg = VIExpandConfig.load(out / RESOLVED_CONFIG)
@@ -38,19 +37,29 @@ def vi_gain(expansion: str | Path, seeds: Sequence[int] = (0, 1, 2), epochs: int
     train = cfg.scorer.train if epochs is None else cfg.scorer.train.model_copy(update={"epochs": epochs})
     rows: dict[str, dict] = {}
     for key, (name, records) in zip("abc", sets.items()):
-        row: dict = {"images": len(records), "ids": len({r.pid for r in records}),
-                     "generated_ir": sum(r.pid in new_pids and r.modality == "ir" for r in records)}
-        for seed in seeds:
-            seeded = train.model_copy(update={"runtime": train.runtime.model_copy(update={"seed": seed})})
-            model_dir, _ = train_or_load_scorer(cfg.scorer.model_copy(update={"train": seeded, "model_dir": None}),
-                                                records, out / GAIN_DIR / f"{key}-e{train.epochs}-s{seed}",
-                                                progress=progress)
-            for mode, m in evaluate_scorer(model_dir, cfg.vi_dataset, cfg.vi_root, cfg.vi_options, cfg.runtime,
-                                           cfg.scorer.eval_trials, seed).items():
-                for metric in ("mAP", "Rank-1"):
-                    row.setdefault(f"{mode} {metric}", []).append(float(m[metric]))
-        rows[name] = row
+        rows[name] = {"images": len(records), "ids": len({r.pid for r in records}),
+                      "generated_ir": sum(r.pid in new_pids and r.modality == "ir" for r in records),
+                      **scores_over_seeds(cfg, train, records, lambda seed: out / GAIN_DIR / f"{key}-e{train.epochs}-s{seed}",
+                                          seeds, progress)}
     return rows
+
+
+def scores_over_seeds(cfg, train, records, folder_of_seed, seeds: Sequence[int], progress: bool = False,
+                      vi_root=None) -> dict[str, list[float]]:
+    """Train the scorer recipe ``train`` on ``records`` once per seed (kept in ``folder_of_seed(seed)``, so a
+    re-run only evaluates) and evaluate each on the VI dataset's test protocol: ``{"<mode> <metric>": [..]}``."""
+    from diffreid.vi.scorer import evaluate_scorer, train_or_load_scorer
+
+    scores: dict[str, list[float]] = {}
+    for seed in seeds:
+        seeded = train.model_copy(update={"runtime": train.runtime.model_copy(update={"seed": seed})})
+        model_dir, _ = train_or_load_scorer(cfg.scorer.model_copy(update={"train": seeded, "model_dir": None}),
+                                            records, folder_of_seed(seed), progress=progress)
+        for mode, m in evaluate_scorer(model_dir, cfg.vi_dataset, vi_root or cfg.vi_root, cfg.vi_options,
+                                       cfg.runtime, cfg.scorer.eval_trials, seed).items():
+            for metric in ("mAP", "Rank-1"):
+                scores.setdefault(f"{mode} {metric}", []).append(float(m[metric]))
+    return scores
 
 
 def gain_table(rows: dict[str, dict]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,18 @@ def active_adapter(pipe) -> str | None:
     return _resident(pipe).active
 
 
+@contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as transformers_logging
+
+    level = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(level)
+
+
 def load_identity_adapter(pipe, adapter_dir: str | Path, name: str) -> LoadedAdapter:
     """Make the adapter in ``adapter_dir`` resident under ``name``; the active adapter does not change."""
     from diffusers import UNet2DConditionModel
@@ -115,7 +128,8 @@ def load_identity_adapter(pipe, adapter_dir: str | Path, name: str) -> LoadedAda
             dtype = pipe.text_encoder.dtype
             pipe.load_textual_inversion([rows[t].to(dtype) for t in tokens], token=list(tokens))
             entry.tokens = {int(pid): token for token, pid in tokens.items()}
-        pipe.load_lora_weights(folder, weight_name=LORA_FILE, adapter_name=name)
+        with _quiet_transformers():  # its load report lists every base weight as MISSING for a text-encoder LoRA
+            pipe.load_lora_weights(folder, weight_name=LORA_FILE, adapter_name=name)
         res.adapters[name] = entry
         _apply(pipe, res, previous, res.scale)
         return entry
