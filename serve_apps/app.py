@@ -65,6 +65,20 @@ IdentityId = Annotated[str, PathParam(pattern=IDENTITY_ID, description="32 lower
 IncludeDropped = Annotated[bool, Query(description="also the images the deciding filter dropped")]
 
 
+def document_limits(schema: dict, limits) -> dict:
+    """The configured limits as maxima of the request bodies in the OpenAPI document, so a client (or a fuzzer)
+    generating requests from it stays within what the service accepts."""
+    bodies = {"GenerateRequest": {"num_images": limits.max_generate_images},
+              "Body_create": {"num_images": limits.max_num_images, "steps": limits.max_adapter_steps}}
+    for name, model in schema.get("components", {}).get("schemas", {}).items():
+        bounds = next((b for prefix, b in bodies.items() if name.startswith(prefix)), {})
+        for field, maximum in bounds.items():
+            prop = model.get("properties", {}).get(field)
+            if prop is not None:  # an optional form field is anyOf [integer, null]
+                next((alt for alt in prop.get("anyOf", []) if alt.get("type") == "integer"), prop)["maximum"] = maximum
+    return schema
+
+
 def errors(*codes: int) -> dict:
     """OpenAPI responses of a route: each error status it answers with, and any other, with the one error body."""
     return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in (*codes, 401, "default")}
@@ -124,6 +138,7 @@ class Ingress:
         self.token = self.settings.resolved_token()
         self.create_lock = asyncio.Lock()  # queue-limit check and enqueue happen together in this replica
         app.state.ingress = self
+        app.openapi_schema = document_limits(FastAPI.openapi(app), self.settings.limits)
 
     async def guard(self, request: Request, call_next):
         """Bearer token (constant-time) on every route but OPEN_PATHS (the page, /healthz), then the
