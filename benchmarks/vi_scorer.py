@@ -37,13 +37,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--variants", nargs="*", default=None, help="substrings of variant names to run")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. "
-                    "toy.vi_world.ids_train=48")
+                    "vi_toyworld.ids_train=48")
     ap.add_argument("--out", default="outputs/bench-vi-scorer")
     args = ap.parse_args()
 
     cfg = VIExpandConfig.load(args.config, overrides=args.set)
     out = Path(args.out)
-    world = render_world(cfg.toy.vi_world, out / "world", progress=False)
+    world = render_world(cfg.vi_toyworld, out / "world", progress=False)
     vi = load_dataset("sysu_mm01", world)
     test = load_dataset("sysu_mm01", world, mode="all", gallery_shots=None)
     train = vi_train_records(vi, None)

@@ -40,8 +40,8 @@ from diffreid.reid.train import ReIDTrainConfig, ensure_reid_model
 
 class BuildConfig(StageConfig):
     sources: list[SourceConfig] = Field(..., min_length=1, description="several sources share one disjoint pid space")
-    base_model: PipelineConfig = Field(default_factory=PipelineConfig, description="SD-1.x folder or hub id")
-    tiny_base_model: bool = Field(False, description="build the tiny offline pipeline into OUT/models (tests, demo)")
+    base_model: PipelineConfig = Field(default_factory=PipelineConfig, description="SD-1.x folder or hub id; "
+                                       "diffreid:toy-base (shipped) or diffreid:tiny (random, built into OUT/models)")
     lpe: LPEConfig = Field(default_factory=LPEConfig, description="captioner, identity token, prompt templates")
     refset: RefSetConfig = Field(default_factory=RefSetConfig, description="attribute reference set (DI)")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="identity adapter mode and training")
@@ -63,8 +63,9 @@ class BuildConfig(StageConfig):
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"sources: names must be unique, got {names}")
-        if not self.tiny_base_model and not self.base_model.path:
-            raise ValueError("base_model.path is empty: give an SD-1.x folder/hub id or set tiny_base_model: true")
+        if not self.base_model.path:
+            raise ValueError("base_model.path is empty: give an SD-1.x folder or hub id (diffreid:toy-base and "
+                             "diffreid:tiny name the toy models)")
         return self
 
 
@@ -118,14 +119,10 @@ class GeneratedBatch:
 # 1. plan
 # ----------------------------------------------------------------------------------------------------------
 def base_model_path(cfg: BuildConfig, out_dir: str | Path) -> str:
-    """The toy-fallback convention for the base model: ``tiny_base_model`` builds the tiny pipeline into
-    OUT/models/tiny-sd (once), else ``base_model.path``. Sources follow it too (``source_root``)."""
-    if not cfg.tiny_base_model:
-        return cfg.base_model.path
-    from diffreid.models.tiny import build_tiny_pipeline
+    """``base_model.path`` by the one toy-fallback rule (``diffreid.models.assets.resolve_base_model``)."""
+    from diffreid.models.assets import resolve_base_model
 
-    return str(build_tiny_pipeline(Path(out_dir) / "models" / "tiny-sd", seed=cfg.runtime.seed,
-                                   sample_height=cfg.sampler.height, sample_width=cfg.sampler.width))
+    return resolve_base_model(cfg.base_model.path, out_dir, cfg.runtime.seed, cfg.sampler.height, cfg.sampler.width)
 
 
 def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) -> BuildPlan:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from diffreid.config import RESOLVED_CONFIG, ConfigError, StageConfig
 from diffreid.errors import DiffreidError
+from diffreid.models.assets import TINY_MODEL
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _missing_dataset(where: str, ref) -> list[str]:
 def _missing_model(where: str, path: str | None) -> list[str]:
     from diffreid.models.assets import resolve_model_path
 
-    if not path:
+    if not path or path == TINY_MODEL:  # built into OUT by the run itself
         return []
     resolved = Path(resolve_model_path(path))
     looks_local = path.startswith((".", "/", "~", "diffreid:")) or resolved.suffix or Path(path).exists()
@@ -95,9 +96,7 @@ def _check_build(cfg) -> list[str]:
     for i, src in enumerate(cfg.sources):
         if src.toyworld is None:
             problems += _missing_dataset(f"sources[{i}]", src)
-    if not cfg.tiny_base_model:
-        problems += _missing_model("base_model.path", cfg.base_model.path)
-    return problems
+    return problems + _missing_model("base_model.path", cfg.base_model.path)
 
 
 def _check_finetune(cfg) -> list[str]:
@@ -114,7 +113,7 @@ def _check_study(cfg) -> list[str]:
 
 
 def _check_vi(cfg) -> list[str]:
-    """Empty paths are the toy fallback (with a `toy:` section, else expand_vi says what is missing)."""
+    """Empty roots are the toy fallback (with vi_toyworld / rgb_toyworld, else expand_vi says what is missing)."""
     problems = [f"{name}: folder {getattr(cfg, name)} does not exist" for name in ("vi_root", "rgb_root")
                 if getattr(cfg, name) and not Path(getattr(cfg, name)).is_dir()]
     return problems + _missing_model("pipeline.path", cfg.pipeline.path)

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from diffreid.build import BuildConfig
 from diffreid.data.sources import SourceConfig
 from diffreid.config import ConfigError, StageConfig
+from diffreid.models.assets import TINY_MODEL
 
 AdapterModeOption = Literal["lora", "dreambooth"]
 
@@ -53,7 +54,7 @@ def toy_build_config() -> BuildConfig:
     return BuildConfig.model_validate({
         "sources": [{"name": "toy", "root": None, "toyworld": {"ids_train": 8, "ids_test": 2, "cams": 4,
                                                                "height": 64, "width": 32, "seed": 0}}],
-        "tiny_base_model": True,
+        "base_model": {"path": TINY_MODEL},
         "lpe": {"captioner": "template", "template_caption": "a person walking on the street"},
         "refset": {"num_images": 4, "steps": 2, "height": 64, "width": 32, "batch_size": 4,
                    "share_across_identities": False},
@@ -107,9 +108,10 @@ class ServeSettings(StageConfig):
         if b.adapter.mode == "shared_lora_ti":
             raise ConfigError("build.adapter.mode: shared_lora_ti trains many identities at once; "
                               "the service trains one per upload (use lora or dreambooth)")
-        if "clip" in b.filter.filters and not b.filter.clip_model_dir and not b.tiny_base_model:
+        if "clip" in b.filter.filters and not b.filter.clip_model_dir and b.base_model.path != TINY_MODEL:
             raise ConfigError("build.filter.clip_model_dir: required when 'clip' is among build.filter.filters "
-                              "(a local CLIPModel folder; with build.tiny_base_model a tiny CLIP is built instead)")
+                              f"(a local CLIPModel folder; with build.base_model.path {TINY_MODEL} a tiny CLIP is "
+                              "built instead)")
         if self.limits.min_images > self.limits.max_images:
             raise ConfigError("limits.min_images must be <= limits.max_images")
         return self

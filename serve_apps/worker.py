@@ -20,6 +20,7 @@ import numpy as np
 
 from diffreid.build import BuildConfig
 from diffreid.filtering.base import FilterConfig
+from diffreid.models.assets import TINY_MODEL
 from serve_apps.settings import ServeSettings
 from serve_apps.store import TERMINAL, Cancelled, LeaseLost, Leases, Registry, ServiceError, Store
 from serve_apps.uploads import job_config
@@ -58,7 +59,7 @@ def prepare_assets(settings: ServeSettings, progress: bool = False) -> Assets:
         reid_dir = cfg.filter.reid_model_dir or str(
             ensure_filter_model(cfg, dataset.train, folder / "reid_model", progress))
         assets = Assets(base_model_path=str(base), reid_model_dir=reid_dir,
-                        clip_model_dir=clip_model_path(cfg.filter, root, tiny=cfg.tiny_base_model),
+                        clip_model_dir=clip_model_path(cfg.filter, root, tiny=cfg.base_model.path == TINY_MODEL),
                         filter_dir=str(folder), reference_root=str(ref_root), reference_records=dataset.train)
         # the reference gallery is cached here, once; every job only reads it and adds its upload in memory.
         # Only the gallery: CCTF's head and CLIP depend on the upload and are built per job when enabled.

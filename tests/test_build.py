@@ -74,7 +74,7 @@ def test_bad_filter_config_names_the_field(tmp_path):
     with pytest.raises(ConfigError, match="filters"):
         BuildConfig.load("configs/toy.yaml", overrides=["filter.filters=[reid_ctf,bogus]"])
     with pytest.raises(ConfigError, match="base_model.path"):
-        BuildConfig.load("configs/toy.yaml", overrides=["tiny_base_model=false"])
+        BuildConfig.load("configs/toy.yaml", overrides=["base_model.path="])
 
 
 def test_unknown_source_pid_is_a_config_error(source, tmp_path):

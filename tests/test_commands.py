@@ -44,7 +44,7 @@ def test_check_lists_every_error_with_its_dotted_path_and_exits_2(tmp_path, caps
     assert "Traceback" not in err
     missing = tmp_path / "missing.yaml"
     missing.write_text(f"_BASE_: {REPO / 'configs' / 'toy.yaml'}\nsources: [{{name: a, root: {tmp_path / 'nope'}}}]\n"
-                       "tiny_base_model: false\nbase_model: {path: ./no-such-model}\n")
+                       "base_model: {path: ./no-such-model}\n")
     assert main(["check", str(missing)]) == 2
     err = capsys.readouterr().err
     assert "sources[0].root" in err and "base_model.path" in err

@@ -226,7 +226,7 @@ def test_writer_clears_a_crashed_identity(worlds, tmp_path):
 def test_toy_config_loads_and_fills_runtime():
     cfg = VIExpandConfig.load(Path(__file__).resolve().parents[1] / "configs" / "toy-vi.yaml",
                               overrides=["runtime.device=cpu"])
-    assert cfg.toy is not None and cfg.vi_root == "" and cfg.adapter.mode == "shared_lora_ti"
+    assert cfg.vi_toyworld is not None and cfg.vi_root == "" and cfg.adapter.mode == "shared_lora_ti"
     assert cfg.adapter.runtime.device == cfg.pipeline.runtime.device == cfg.scorer.train.runtime.device == "cpu"
 
 

@@ -6,7 +6,7 @@ images for RGB-only identities, a cross-modal Re-ID filter, and output in the VI
     result = expand_vi(VIExpandConfig.load("configs/toy-vi.yaml"), "out/vi")
     print(result.summary)
 """
-from diffreid.vi.config import RayResources, ScorerConfig, ToyVIConfig, VIExpandConfig
+from diffreid.vi.config import RayResources, ScorerConfig, VIExpandConfig
 from diffreid.vi.expand import VIExpandResult, expand_vi
 from diffreid.vi.layout import (ExpansionWriter, Generated, LLCMExpansionWriter, RegDBExpansionWriter,
                                 SysuExpansionWriter, existing_ids, expansion_writer)
@@ -14,6 +14,6 @@ from diffreid.vi.modality import PromptMaker, TrainImage, generate, train_modali
 
 __all__ = [
     "ExpansionWriter", "Generated", "LLCMExpansionWriter", "PromptMaker", "RayResources", "RegDBExpansionWriter",
-    "ScorerConfig", "SysuExpansionWriter", "ToyVIConfig", "TrainImage", "VIExpandConfig", "VIExpandResult",
+    "ScorerConfig", "SysuExpansionWriter", "TrainImage", "VIExpandConfig", "VIExpandResult",
     "existing_ids", "expand_vi", "expansion_writer", "generate", "train_modality_adapter", "training_images",
 ]

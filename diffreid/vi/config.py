@@ -14,36 +14,6 @@ from diffreid.models.pipeline import PipelineConfig
 from diffreid.reid.train import ReIDTrainConfig
 
 
-def _toy_vi_world() -> ToyWorldConfig:
-    return ToyWorldConfig(layout="sysu", cams=6, ir_cams=[3, 6], ids_train=12, ids_val=2, ids_test=8,
-                          images_per_cam=(2, 4), height=64, width=32, seed=0)
-
-
-def _toy_rgb_world() -> ToyWorldConfig:
-    return ToyWorldConfig(layout="market", cams=4, ids_train=6, ids_test=2, images_per_cam=(2, 4), height=64,
-                          width=32, seed=1, cam_offset=20)
-
-
-class ToyVIConfig(StageConfig):
-    """A toy SYSU-style VI world, a toy RGB-only world and the tiny model, made when the paths are empty."""
-
-    vi_world: ToyWorldConfig = Field(default_factory=_toy_vi_world,
-                                     description="SYSU layout, cameras 3 and 6 infrared, like SYSU-MM01")
-    rgb_world: ToyWorldConfig = Field(default_factory=_toy_rgb_world,
-                                      description="Market layout on other cameras: the RGB-only dataset to expand")
-    tiny_seed: int = Field(0, description="weight seed of the tiny diffusion pipeline")
-    dir: str | None = Field(None, description="where the toy worlds and tiny model go; None = <out>/toy")
-
-    @model_validator(mode="after")
-    def _check(self) -> "ToyVIConfig":
-        if self.vi_world.layout != "sysu" or sorted(self.vi_world.ir_cams) != [3, 6]:
-            raise ConfigError("toy.vi_world: expected layout 'sysu' with ir_cams [3, 6] (the SYSU-MM01 reader "
-                              "treats cameras 3 and 6 as infrared)")
-        if self.rgb_world.ir_cams:
-            raise ConfigError("toy.rgb_world.ir_cams must be empty: it plays the RGB-only dataset")
-        return self
-
-
 class ScorerConfig(StageConfig):
     """The cross-modality Re-ID model behind the filter: IR generated image vs the identity's RGB gallery."""
 
@@ -69,10 +39,14 @@ class VIExpandConfig(StageConfig):
     vi_dataset: Literal["sysu_mm01", "regdb", "llcm"] = Field(
         "sysu_mm01", description="the VI dataset's reader; the output is written in its own layout, so VI "
         "trainers read the expansion as they read the original")
-    vi_root: str = Field("", description="the VI dataset folder; empty = the toy world (toy section)")
+    vi_root: str = Field("", description="the VI dataset folder; empty = render vi_toyworld into OUT/toy/vi")
+    vi_toyworld: ToyWorldConfig | None = Field(None, description="the toy VI world rendered when vi_root is empty "
+                                               "(SYSU layout, cameras 3 and 6 infrared, like SYSU-MM01)")
     vi_options: dict[str, Any] = Field(default_factory=dict, description="reader options, e.g. include_val")
     rgb_dataset: str = Field("market1501", description="the RGB-only dataset whose identities are expanded")
-    rgb_root: str = Field("", description="its folder; empty = the toy world (toy section)")
+    rgb_root: str = Field("", description="its folder; empty = render rgb_toyworld into OUT/toy/rgb")
+    rgb_toyworld: ToyWorldConfig | None = Field(None, description="the toy RGB-only world rendered when rgb_root "
+                                                "is empty (Market layout, other cameras)")
     rgb_options: dict[str, Any] = Field(default_factory=dict, description="reader options of the RGB dataset")
     rgb_split: Literal["train", "query", "gallery"] = Field("train", description="identities come from train")
     rgb_ids: list[int] | None = Field(None, description="source pids to expand; None = all of the split")
@@ -123,7 +97,6 @@ class VIExpandConfig(StageConfig):
     keep_dropped: bool = Field(True, description="write filtered-out images under dropped/ for inspection")
     jpeg_quality: int = Field(95, ge=1, le=100, description="re-encoding artefacts stay invisible")
 
-    toy: ToyVIConfig | None = Field(None, description="make toy worlds and the tiny model for empty paths")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
                                    description="applies to every part that does not set its own runtime")
     ray: RayResources = Field(default_factory=RayResources, description="resources of the Ray task (ray_jobs)")
@@ -149,7 +122,13 @@ class VIExpandConfig(StageConfig):
         if self.filter.filters != ["reid_ctf"]:
             raise ConfigError(f"filter.filters={self.filter.filters}: the VI filter is the cross-modal "
                               "Re-ID CTF only (['reid_ctf'])")
-        if self.toy is not None and not self.vi_root and self.vi_dataset != "sysu_mm01":
+        if self.vi_toyworld is not None and (self.vi_toyworld.layout != "sysu"
+                                             or sorted(self.vi_toyworld.ir_cams) != [3, 6]):
+            raise ConfigError("vi_toyworld: expected layout 'sysu' with ir_cams [3, 6] (the SYSU-MM01 reader "
+                              "treats cameras 3 and 6 as infrared)")
+        if self.rgb_toyworld is not None and self.rgb_toyworld.ir_cams:
+            raise ConfigError("rgb_toyworld.ir_cams must be empty: it plays the RGB-only dataset")
+        if self.vi_toyworld is not None and not self.vi_root and self.vi_dataset != "sysu_mm01":
             raise ConfigError(f"vi_dataset={self.vi_dataset!r} with an empty vi_root: the toy VI world is rendered "
                               "in SYSU-MM01's layout only; give the dataset folder or use sysu_mm01")
         parts = (self.pipeline, self.adapter, self.scorer.train)

@@ -45,33 +45,29 @@ class VIExpandResult:
 # 1. inputs
 # ----------------------------------------------------------------------------------------------------------
 def resolve_toy(cfg: VIExpandConfig, out: Path) -> VIExpandConfig:
-    """Fill empty dataset/model paths with the toy worlds and the tiny pipeline (made on first use)."""
-    if cfg.toy is None:
-        for name in ("vi_root", "rgb_root"):
-            if not getattr(cfg, name):
-                raise ConfigError(f"{name} is empty: give the dataset folder, or add a `toy:` section to use "
-                                  "the toy worlds")
-        if not cfg.pipeline.path:
-            raise ConfigError("pipeline.path is empty: give a diffusers folder, or add a `toy:` section to use "
-                              "the tiny pipeline")
-        return cfg
+    """The toy-fallback rule of every stage: an empty root with a toy world beside it renders that world into
+    OUT/toy/; ``pipeline.path: diffreid:tiny`` builds the tiny pipeline into OUT/models (made on first use)."""
     from diffreid.data.toyworld import render_world
-    from diffreid.models.tiny import build_tiny_pipeline
+    from diffreid.models.assets import resolve_base_model
 
-    toy_dir = Path(cfg.toy.dir) if cfg.toy.dir else out / "toy"
     update: dict = {}
-    if not cfg.vi_root:
-        update["vi_root"] = str(render_world(cfg.toy.vi_world, toy_dir / "vi", progress=False))
-        update["vi_dataset"] = "sysu_mm01"
+    for name, world, folder in (("vi_root", cfg.vi_toyworld, "vi"), ("rgb_root", cfg.rgb_toyworld, "rgb")):
+        if getattr(cfg, name):
+            continue
+        if world is None:
+            raise ConfigError(f"{name} is empty: give the dataset folder, or a {name.split('_')[0]}_toyworld to "
+                              "render the toy world")
+        update[name] = str(render_world(world, out / "toy" / folder, progress=False))
     if not cfg.rgb_root:
-        update["rgb_root"] = str(render_world(cfg.toy.rgb_world, toy_dir / "rgb", progress=False))
-        update["rgb_dataset"] = "market_layout"
-        update["rgb_options"] = {"splits": [cfg.rgb_split]}
+        update.update(rgb_dataset="market_layout", rgb_options={"splits": [cfg.rgb_split]})
+    if not cfg.vi_root:
+        update["vi_dataset"] = "sysu_mm01"
     if not cfg.pipeline.path:
-        height, width = cfg.sampler.height, cfg.sampler.width
-        path = build_tiny_pipeline(toy_dir / "tiny-sd", seed=cfg.toy.tiny_seed, sample_height=height,
-                                   sample_width=width)
-        update["pipeline"] = cfg.pipeline.model_copy(update={"path": str(path)})
+        raise ConfigError("pipeline.path is empty: give a diffusers folder or hub id (diffreid:toy-base and "
+                          "diffreid:tiny name the toy models)")
+    path = resolve_base_model(cfg.pipeline.path, out, cfg.runtime.seed, cfg.sampler.height, cfg.sampler.width)
+    if path != cfg.pipeline.path:
+        update["pipeline"] = cfg.pipeline.model_copy(update={"path": path})
     return cfg.model_copy(update=update)
 
 
