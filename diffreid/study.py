@@ -15,7 +15,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
@@ -26,6 +26,32 @@ from diffreid.io import atomic_write_json, atomic_write_text
 from diffreid.reid.finetune import FinetuneEvalTemplate
 from diffreid.reid.pretrain import PretrainConfig
 from diffreid.vi.config import VIExpandConfig
+
+
+def _domain_world(seed: int, pid_offset: int, cam_offset: int) -> ToyWorldConfig:
+    return ToyWorldConfig(ids_train=32, ids_test=32, cams=4, height=64, width=32, seed=seed, pid_offset=pid_offset,
+                          cam_offset=cam_offset)
+
+
+class DomainSettings(StageConfig):
+    """The paper's Tables 4-6 in the toy world: worlds with their own people and camera looks serve as domains.
+    unsupervised and uda adapt to the study's target T; dg trains on ``dg_sources`` merged and tests on
+    ``dg_targets``."""
+
+    settings: list[Literal["unsupervised", "uda", "dg"]] = Field(
+        ["unsupervised", "uda", "dg"], min_length=1, description="Tables 4 (unsupervised), 5 (uda), 6 (dg)")
+    inits: list[str] = Field(["random", "real S + Diff-Person"], min_length=1,
+                             description="backbones compared: 'random' or names of the study's backbones")
+    uda_source: ToyWorldConfig = Field(default_factory=lambda: _domain_world(2, 3000, 20),
+                                       description="uda: the labelled source (other people, other cameras than T)")
+    dg_sources: list[ToyWorldConfig] = Field(
+        default_factory=lambda: [_domain_world(3, 4000, 30), _domain_world(4, 5000, 40)], min_length=1,
+        description="dg: labelled sources merged (META/MetaBIN merge four datasets)")
+    dg_targets: list[ToyWorldConfig] = Field(
+        default_factory=lambda: [_domain_world(5, 6000, 50), _domain_world(6, 7000, 60)], min_length=1,
+        description="dg: unseen worlds, each tested on its own query/gallery")
+    finetune: dict = Field(default_factory=dict, description="overrides of the study's `finetune` for these runs "
+                           "(e.g. seeds, cluster epochs)")
 
 
 def _source_world() -> ToyWorldConfig:
@@ -58,6 +84,8 @@ class StudyConfig(StageConfig):
                                       "`ablation_finetune` (one pre-training run is one sample of the claim)")
     seeded_backbones: list[str] = Field(["real S", "real S + Diff-Person"], description="backbones pre-trained "
                                         "once per seed: (b) and (c) by default; any backbone name of the tables")
+    domains: DomainSettings | None = Field(None, description="also the unsupervised, uda and dg settings "
+                                           "(Tables 4-6) with toy worlds as domains; None = Tables 2-3 only")
     vi: VIExpandConfig | None = Field(None, description="also run DiVE (a VIExpandConfig, e.g. toy-vi.yaml) and "
                                       "its VI-ReID gain table; None = Tables 2-3 only")
     vi_seeds: list[int] = Field([0, 1, 2], min_length=1, description="seeds of the VI-ReID gain table")
@@ -84,7 +112,34 @@ class StudyConfig(StageConfig):
             data = apply_overrides(self.build.model_dump(mode="json"), overrides, f"variants.{name}")
             BuildTemplate.validated(data, f"variants.{name}")
         self.ablation_finetune_config()
+        if self.domains is not None:
+            unknown = sorted(set(self.domains.inits) - {"random", *self.backbone_names()})
+            if unknown:
+                raise ValueError(f"domains.inits: {unknown} are not backbones of this study; choose from "
+                                 f"{['random', *self.backbone_names()]}")
+            self.domain_finetune_config("/world")
         return self
+
+    def domain_finetune_config(self, world_root: str, backbones: dict | None = None):
+        """The fine-tune config of the domain settings, worlds read from ``world_root/<name>``."""
+        d = self.domains
+        data = self.finetune.model_dump(mode="json")
+        deep_update(data, copy.deepcopy(d.finetune))
+
+        def ref(name):
+            return {"name": "market_layout", "root": f"{world_root}/{name}"}
+
+        inits = {name: None if name == "random" else (backbones or {}).get(name, f"{name}.safetensors")
+                 for name in d.inits}
+        data.update(settings=list(d.settings), target=ref("T"), uda_source=ref("U"),
+                    dg_sources=[ref(f"DG-S{i + 1}") for i in range(len(d.dg_sources))],
+                    dg_targets=[ref(f"DG-T{i + 1}") for i in range(len(d.dg_targets))], inits=inits)
+        return FinetuneEvalTemplate.validated(data, "domains.finetune").complete()
+
+    def domain_worlds(self) -> dict[str, ToyWorldConfig]:
+        d = self.domains
+        return {"U": d.uda_source, **{f"DG-S{i + 1}": w for i, w in enumerate(d.dg_sources)},
+                **{f"DG-T{i + 1}": w for i, w in enumerate(d.dg_targets)}}
 
 
 def _records_with_source_pids(diff_person: Path, folders=("bounding_box_train",), min_score: float | None = None):
@@ -226,6 +281,14 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         every = pd.concat(frames, ignore_index=True).drop_duplicates(["setting", "percent", "init", "seed"])
         seeds_frame = with_main_runs(every, extra, cfg.seeded_backbones)
 
+    # 4b. the other settings (Tables 4-6), worlds as domains
+    domains_frame = None
+    if cfg.domains is not None:
+        for name, world in cfg.domain_worlds().items():
+            timed(f"render {name}", lambda: render_world(world, out / "worlds" / name, progress=progress))
+        domain_cfg = cfg.domain_finetune_config(str(out / "worlds"), backbones)
+        domains_frame = finetune("domains", domain_cfg)
+
     # 5. filter agreement with ground truth
     agreement = {}
     try:
@@ -252,6 +315,8 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         tables["ablations"] = to_markdown(summarise(frames[1]))
     if seeds_frame is not None:
         tables["pretrain_seeds"] = to_markdown(summarise(seeds_frame))
+    if domains_frame is not None:
+        tables["domains"] = to_markdown(summarise(domains_frame))
     text = format_study(tables, agreement, sizes, timings, vi)
     atomic_write_text(out / "RESULTS.md", text)
     print(text)
@@ -298,6 +363,11 @@ def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: 
     if "pretrain_seeds" in tables:
         lines += ["## Over pre-training seeds", "",
                   "Cells: mAP ± std over every pre-training seed × fine-tune seed.", "", tables["pretrain_seeds"]]
+    if "domains" in tables:
+        lines += ["## Unsupervised, domain adaptation, domain generalisation (Tables 4-6)", "",
+                  "unsupervised: cluster contrast on T's unlabelled train split; uda: supervised on world U, then "
+                  "cluster contrast on T; dg: supervised on the DG-S worlds merged, tested on each DG-T world "
+                  "(dg:market_layout[i] = DG-T(i+1)). Same fine-tune seeds as above.", "", tables["domains"]]
     lines += ["## Pre-training sets", "", "| backbone | images | identities |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['images']} | {v['identities']} |" for k, v in sizes.items()]
     if agreement:
