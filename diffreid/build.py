@@ -57,6 +57,16 @@ class BuildConfig(StageConfig):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig,
                                    description="every part without its own runtime gets this one: one line moves the build to cuda")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_tiny_base_model_flag(cls, data):
+        """Builds written before the one toy-fallback rule record ``tiny_base_model``; read it as that rule."""
+        if isinstance(data, dict) and "tiny_base_model" in data:
+            data = dict(data)
+            if data.pop("tiny_base_model"):
+                data["base_model"] = {**(data.get("base_model") or {}), "path": "diffreid:tiny"}
+        return data
+
     @model_validator(mode="after")
     def _one_runtime(self):
         fill_runtime(self.runtime, (self.base_model, self.lpe, self.adapter, self.filter_reid, self.fidelity.reader))

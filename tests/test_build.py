@@ -75,6 +75,10 @@ def test_bad_filter_config_names_the_field(tmp_path):
         BuildConfig.load("configs/toy.yaml", overrides=["filter.filters=[reid_ctf,bogus]"])
     with pytest.raises(ConfigError, match="base_model.path"):
         BuildConfig.load("configs/toy.yaml", overrides=["base_model.path="])
+    # a build written before the one toy-fallback rule records tiny_base_model
+    assert BuildConfig.load("configs/toy.yaml", overrides=["tiny_base_model=true", "base_model.path=x"]
+                            ).base_model.path == "diffreid:tiny"
+    assert BuildConfig.load("configs/toy.yaml", overrides=["tiny_base_model=false"]).base_model.path == "diffreid:tiny"
 
 
 def test_unknown_source_pid_is_a_config_error(source, tmp_path):
