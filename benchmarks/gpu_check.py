@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_check.py --out benchmarks/GPU-RESULTS.md          # on a CUDA machine, ~8 min
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu-dry.md           # the same code, tiny, on CPU
+    python benchmarks/gpu_check.py --cpu-sd15 --out benchmarks/CPU-SD15-RESULTS.md  # real size on CPU, ~12 min,
+                                                                             # ~20 GB RAM: run it alone
 
 Measures generation images/s at 512x256 (fp16, bf16; batch 1/8/16/32), LoRA and DreamBooth training steps/s,
 adapter activate vs load vs pipeline reload, VRAM per resident LoRA, Re-ID filter images/s, FAISS search of
@@ -39,6 +41,7 @@ class Plan:
 FULL = Plan("cuda", ("fp16", "bf16"), (1, 8, 16, 32), 512, 256, 30, 10, "resnet50", (256, 128), 512,
             (100_000, 2048), 1000)
 DRY = Plan("cpu", ("fp32",), (1, 2), 64, 32, 2, 2, "resnet18", (64, 32), 16, (1000, 64), 10)
+CPU_SD15 = Plan("cpu", ("fp32",), (2,), 512, 256, 2, 2, "resnet50", (256, 128), 32, (100_000, 2048), 100)
 PAPER_IMAGES_PER_S = 10 / 15  # RTX 4090, the paper's generation speed
 PAPER_GPU_S_PER_ID = 3 * 24 * 3600 * 8 / 5000  # 5k identities, 3 days, 8 GPUs
 
@@ -49,6 +52,13 @@ def clock(fn, sync) -> float:
     fn()
     sync()
     return time.perf_counter() - start
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def main(argv=None) -> int:
@@ -67,15 +77,19 @@ def main(argv=None) -> int:
     ap.add_argument("--model", help="SD-1.x pipeline folder (default: build the random SD-1.5 shape in --work)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a temp folder)")
     ap.add_argument("--dry-run", action="store_true", help="tiny model, CPU, a few steps: checks the script")
+    ap.add_argument("--cpu-sd15", action="store_true", help="the SD-1.5 shape at 512x256 on CPU, 2 steps each: "
+                    "time and peak memory of the real architecture through the project's API (no GPU needed)")
     args = ap.parse_args(argv)
-    plan = DRY if args.dry_run else FULL
+    plan = DRY if args.dry_run else CPU_SD15 if args.cpu_sd15 else FULL
     if plan.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; run with --dry-run to check the script on CPU", file=sys.stderr)
         return 2
     work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check_"))
     cuda = plan.device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    lines = [f"# GPU check ({'dry run: tiny model on CPU' if args.dry_run else torch.cuda.get_device_name(0)})", "",
+    title = ("dry run: tiny model on CPU" if args.dry_run else "SD-1.5 shape, random weights, on CPU" if args.cpu_sd15
+             else torch.cuda.get_device_name(0))
+    lines = [f"# GPU check ({title})", "",
              f"torch {torch.__version__}; images {plan.height}x{plan.width}; DDIM {plan.steps} steps; "
              f"anchors: the paper's {PAPER_IMAGES_PER_S:.2f} images/s and ~{PAPER_GPU_S_PER_ID:.0f} GPU-s per "
              "identity on an RTX 4090.", ""]
@@ -93,6 +107,8 @@ def main(argv=None) -> int:
 
     # 1. generation throughput
     lines += ["## Generation", "", "| dtype | batch | images/s | vs paper | peak memory GB |", "|---|---|---|---|---|"]
+    if not cuda:
+        lines.insert(-2, "On CPU, peak memory is the process's peak resident set so far (it only grows).\n")
     base_images_per_s = {}
     for dtype in plan.dtypes:
         pipe = load_pipeline(PipelineConfig(path=str(model), runtime={"device": plan.device, "dtype": dtype}))
@@ -107,7 +123,7 @@ def main(argv=None) -> int:
             seconds = clock(lambda: sample_images(pipe, None, "a photo of a person", 0, cfg), sync)
             rate = batch / seconds
             base_images_per_s[(dtype, batch)] = rate
-            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_gb()
             lines.append(f"| {dtype} | {batch} | {rate:.2f} | {rate / PAPER_IMAGES_PER_S:.1f}x | {peak:.1f} |")
         pipe = None  # frees the GPU before the next dtype
     lines.append("")
@@ -118,10 +134,12 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     person = render_identity_images(sample_identity(rng, 1), 4, rng, plan.height, plan.width)
     refs = render_identity_images(sample_identity(rng, 2), 4, rng, plan.height, plan.width)
-    lines += ["## Adapter training", "", "| mode | steps/s | stored MB | GPU-s per identity at the mode's default steps |",
-              "|---|---|---|---|"]
+    lines += ["## Adapter training", "", "| mode | steps/s | stored MB | GPU-s per identity at the mode's default steps "
+              "| peak memory GB |", "|---|---|---|---|---|"]
     adapters, train_rates = {}, {}
     for mode in ("lora", "dreambooth"):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         cfg = AdapterConfig.load(mode=mode, steps=plan.train_steps, height=plan.height, width=plan.width,
                                  instance_batch_size=1, prior_batch_size=1, gradient_checkpointing=cuda,
                                  checkpoint_every=10_000, runtime={"device": plan.device, "dtype": dtype})
@@ -131,7 +149,8 @@ def main(argv=None) -> int:
         default_steps = AdapterConfig(mode=mode).resolved_steps
         adapters[mode] = result.dir
         train_rates[mode] = rate
-        lines.append(f"| {mode} | {rate:.2f} | {result.bytes / 2**20:.1f} | {default_steps / rate:.0f} |")
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_gb()
+        lines.append(f"| {mode} | {rate:.2f} | {result.bytes / 2**20:.1f} | {default_steps / rate:.0f} | {peak:.1f} |")
     lines.append("")
 
     sync()
