@@ -97,6 +97,55 @@ def test_build_pretrain_finetune_commands_write_their_outputs(tmp_path, capsys):
         assert (ft / name).is_file(), name
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_serve_command_serves_on_loopback_and_stops_on_ctrl_c(tmp_path):
+    """`diffreid serve` as a user starts it (its own local Ray, the tiny toy setup under ./outputs/serve): it
+    answers on 127.0.0.1 and, once serving, stops cleanly on Ctrl-C (SIGINT to its process group, which holds
+    its Ray); a Ctrl-C during start-up ends it with 130 ('interrupted')."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own cluster, not the session's
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("diffreid")), "serve", "--port", str(port)],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline, health = time.time() + 240, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+                if health.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        assert health is not None and health.json() == {"status": "ok"}, (tmp_path / "serve.log").read_text()[-3000:]
+        doc = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=10).json()
+        assert doc["info"]["title"] == "diffreid augmentation service"
+        assert (tmp_path / "outputs" / "serve").is_dir(), "the default store lives under ./outputs/serve"
+        while f"serving on http://127.0.0.1:{port}" not in (tmp_path / "serve.log").read_text():  # serve.run returned
+            assert time.time() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    out = (tmp_path / "serve.log").read_text()
+    assert f"serving on http://127.0.0.1:{port}" in out and "Traceback" not in out, out[-3000:]
+
+
 def test_plan_prints_gpu_time_and_storage(tmp_path, capsys):
     real = str(REPO / "configs" / "real" / "build-market1501-lora.yaml")
     assert main(["plan", "--config", real, "--identities", "751"]) == 0
