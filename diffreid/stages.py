@@ -213,7 +213,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                                      "dest": "work_dir"}),
                    Option("--part", {"choices": ["captioner", "base", "all"], "default": "all",
                                      "help": "which model to train"}))),
-    Stage("reproduce", "the miniature reproduction of the paper's Tables 2-3 on the toy world",
+    Stage("reproduce", "the miniature reproduction of the paper's Tables 2-6 on the toy world",
           "diffreid.study:StudyConfig", "diffreid.study:run_study", "diffreid.distributed.finetune:run_study_ray",
           _describe_study, _check_study, outputs="RESULTS.md, builds/, pretrain/, finetune/", job="reproduce"),
 )}
