@@ -101,8 +101,8 @@ def test_build_pretrain_finetune_commands_write_their_outputs(tmp_path, capsys):
 @pytest.mark.ray
 def test_serve_command_serves_on_loopback_and_stops_on_ctrl_c(tmp_path):
     """`diffreid serve` as a user starts it (its own local Ray, the tiny toy setup under ./outputs/serve): it
-    answers on 127.0.0.1 and, once serving, stops cleanly on Ctrl-C (SIGINT to its process group, which holds
-    its Ray); a Ctrl-C during start-up ends it with 130 ('interrupted')."""
+    answers on 127.0.0.1 and, once serving, stops cleanly on Ctrl-C (SIGINT); a Ctrl-C during start-up ends it
+    with 130 ('interrupted'). Its process group, which holds its Ray, is killed if anything is left."""
     import os
     import signal
     import subprocess
@@ -135,8 +135,8 @@ def test_serve_command_serves_on_loopback_and_stops_on_ctrl_c(tmp_path):
         while f"serving on http://127.0.0.1:{port}" not in (tmp_path / "serve.log").read_text():  # serve.run returned
             assert time.time() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(1)
-        os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        proc.send_signal(signal.SIGINT)  # Ctrl-C to the command; it shuts Serve and its Ray down itself
+        assert proc.wait(timeout=180) == 0  # a loaded machine: Serve waits for replicas still starting up
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
