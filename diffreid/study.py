@@ -131,9 +131,10 @@ class StudyConfig(StageConfig):
 
         inits = {name: None if name == "random" else (backbones or {}).get(name, f"{name}.safetensors")
                  for name in d.inits}
+        names = list(self.domain_worlds())
         data.update(settings=list(d.settings), target=ref("T"), uda_source=ref("U"),
-                    dg_sources=[ref(f"DG-S{i + 1}") for i in range(len(d.dg_sources))],
-                    dg_targets=[ref(f"DG-T{i + 1}") for i in range(len(d.dg_targets))], inits=inits)
+                    dg_sources=[ref(n) for n in names if n.startswith("DG-S")],
+                    dg_targets=[ref(n) for n in names if n.startswith("DG-T")], inits=inits)
         return FinetuneEvalTemplate.validated(data, "domains.finetune").complete()
 
     def domain_worlds(self) -> dict[str, ToyWorldConfig]:
