@@ -224,8 +224,11 @@ def load_base_pipeline(cfg: BuildConfig, plan: BuildPlan):
 # ----------------------------------------------------------------------------------------------------------
 class IdentityGenerator:
     def __init__(self, cfg: BuildConfig, plan: BuildPlan, pipe=None):
+        from diffreid.memory import ensure_fits
+
         self.cfg, self.plan = cfg, plan
         self.pipe = pipe if pipe is not None else load_base_pipeline(cfg, plan)
+        ensure_fits(cfg, plan.base_model_path, self.pipe.device)
 
     def adapter_dir(self, job: IdentityJob) -> Path:
         name = "shared" if self.cfg.adapter.mode == "shared_lora_ti" else str(job.pid)

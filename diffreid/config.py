@@ -162,6 +162,8 @@ class RuntimeConfig(StageConfig):
     device: DeviceName = Field("auto", description="auto = cuda when available, else cpu")
     dtype: DTypeName = Field("fp32", description="fp32 is the safe default; fp16/bf16 halve GPU memory")
     seed: int = Field(0, description="one seed per run makes every stage reproducible")
+    gpu_memory_gb: float | None = Field(None, gt=0, description="GPU to plan the build's memory against before work "
+                                        "starts; None = the card's own on CUDA, no check elsewhere")
 
     def torch_device(self):
         """``cuda`` means the current CUDA device, never a fixed index. In a Ray task or actor with

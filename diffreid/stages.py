@@ -51,6 +51,7 @@ class Stage:
     run_ray: str | None  # the same on the connected Ray cluster
     describe: Callable[[Any, Path], str]  # what the command prints at the end
     check: Callable[[Any], list[str]] = lambda cfg: []  # missing files etc., listed before any work
+    fits: Callable[[Any], list[str]] = lambda cfg: []  # resources the config declares, checked with or without files
     inputs: tuple[Input, ...] = ()
     outputs: str = ""
     job: str | None = None  # ray_jobs.<job> module name
@@ -62,7 +63,7 @@ class Stage:
     def load(self, path: str | Path | None, overrides: list[str] = (), files: bool = True) -> StageConfig:
         """Load and validate the config, then (``files``) list every missing input file at once (ConfigError)."""
         cfg = self.config_model().load(path, overrides=list(overrides))
-        problems = self.check(cfg) if files else []
+        problems = (self.check(cfg) if files else []) + self.fits(cfg)
         if problems:
             raise ConfigError(f"{self.name} config ({path or '<defaults>'}):" + "".join(f"\n  - {p}" for p in problems))
         return cfg
@@ -97,6 +98,19 @@ def _check_build(cfg) -> list[str]:
         if src.toyworld is None:
             problems += _missing_dataset(f"sources[{i}]", src)
     return problems + _missing_model("base_model.path", cfg.base_model.path)
+
+
+def _build_memory(cfg) -> list[str]:
+    """A build that cannot fit the GPU that ``runtime.gpu_memory_gb`` declares (``diffreid.memory``)."""
+    if not cfg.runtime.gpu_memory_gb:
+        return []
+    from diffreid.memory import ensure_fits
+
+    try:
+        ensure_fits(cfg, cfg.base_model.path)
+    except ConfigError as err:
+        return [f"runtime.gpu_memory_gb: {err}"]
+    return []
 
 
 def _check_finetune(cfg) -> list[str]:
@@ -181,7 +195,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                                          "(random-init or pre-trained-file) model for comparison"}),)),
     Stage("build", "build a Diff-Person dataset: prompts -> adapters -> samples -> filter -> write",
           "diffreid.distributed.build:RayBuildJobConfig", "diffreid.build:build_diff_person",
-          "diffreid.distributed.build:build_diff_person_ray", _describe_build, _check_build,
+          "diffreid.distributed.build:build_diff_person_ray", _describe_build, _check_build, _build_memory,
           outputs="Market-layout dataset + dropped/, manifest.parquet, fidelity.json, report.html",
           job="build_diff_person"),
     Stage("pretrain", "pre-train a backbone on a Diff-Person (or Market-layout) dataset",
@@ -202,7 +216,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           job="expand_vi"),
     Stage("run_all", "the main job: build Diff-Person, pre-train on it, fine-tune + evaluate, one HTML report",
           "diffreid.distributed.run_all:RunAllConfig", None, "diffreid.distributed.run_all:run_all",
-          lambda page, out: f"report: {page}", _check_run_all,
+          lambda page, out: f"report: {page}", _check_run_all, lambda cfg: [f"build.{p}" for p in _build_memory(cfg.build)],
           outputs="diff-person/, pretrain/, finetune/, report.html", job="run_all"),
     Stage("toy_models", "re-train the shipped toy models (captioner and text-to-image base; seeded, CPU, resumable)",
           "diffreid.toy.models:ToyModelsConfig", "diffreid.toy.models:train_toy_models", None,

@@ -1,5 +1,6 @@
 """Identity adapters on the tiny pipeline: real peft/diffusers training steps on toy-world images (CPU)."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -296,3 +297,30 @@ def test_shared_lora_ti_takes_one_prompt_per_image(pipe, people, tmp_path):
     flat = [f"a photo of {c.token(pid)} person, {cap}" for pid, cap in zip(pids, ["red", "red", "blue", "blue"])]
     again = train_shared_lora_ti_per_image(pipe, images, flat, pids, c, tmp_path / "by_id")
     assert again.seconds == 0.0 and again.losses == by_id.losses and again.tokens == by_id.tokens
+
+
+def test_8bit_adam_trains_resumes_and_stores_its_moments_in_8_bits(pipe, people, tmp_path):
+    # rank 64 on the tiny UNet's 64-wide projections: 4,096-element matrices, bitsandbytes' 8-bit threshold
+    c = cfg(steps=4, lr=1e-2, checkpoint_every=2, optimizer="adamw8bit", rank=64, alpha=64)
+    straight = train_identity_adapter(pipe, people[0], ID_PROMPT, people[1], REF_PROMPT, c, tmp_path / "a")
+    assert all(math.isfinite(v) for v in straight.losses)
+
+    def crash(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_identity_adapter(pipe, people[0], ID_PROMPT, people[1], REF_PROMPT, c, tmp_path / "b", on_step=crash)
+    moments = torch.load(tmp_path / "b" / "checkpoint-0000002" / "optimizer.pt", weights_only=True)["optimizer"]
+
+    def dtypes(tree):
+        if isinstance(tree, torch.Tensor):
+            return {tree.dtype}
+        return set().union(*map(dtypes, tree.values())) if isinstance(tree, dict) else set()
+
+    assert torch.uint8 in dtypes(moments["state"]), "bitsandbytes stores the moments as uint8 codes"
+    resumed = train_identity_adapter(pipe, people[0], ID_PROMPT, people[1], REF_PROMPT, c, tmp_path / "b")
+    assert resumed.losses == straight.losses, "the 8-bit moments survive a checkpoint"
+    plain = train_identity_adapter(pipe, people[0], ID_PROMPT, people[1], REF_PROMPT,
+                                   cfg(steps=4, lr=1e-2, rank=64, alpha=64), tmp_path / "c")
+    assert plain.losses != straight.losses, "adamw8bit is a different optimiser, not a renamed adamw"

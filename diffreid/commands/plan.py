@@ -1,4 +1,4 @@
-"""`diffreid plan --config BUILD.yaml`: GPU time and storage of a build before it runs."""
+"""`diffreid plan --config BUILD.yaml`: GPU time, storage and GPU memory of a build before it runs."""
 
 
 def register(p):
@@ -15,6 +15,8 @@ def register(p):
 def run(args):
     from diffreid.cli import CommandError
     from diffreid.cost import Assumptions, format_plan, plan_build
+    from diffreid.memory import format_memory, plan_memory
+    from diffreid.models.assets import TINY_MODEL
     from diffreid.stages import find_stage
 
     cfg = find_stage("build").load(args.config, args.overrides, files=args.identities is None)
@@ -33,4 +35,8 @@ def run(args):
         raise CommandError("no identities to generate: give --identities N")
     plan = plan_build(cfg, identities, args.gpu_results, Assumptions(args.gpu_tflops, args.utilisation))
     print(format_plan(plan, cfg.adapter.mode))
+    if cfg.base_model.path != TINY_MODEL:
+        memory = plan_memory(cfg)
+        cards = tuple(dict.fromkeys([24.0, 80.0] + ([cfg.runtime.gpu_memory_gb] if cfg.runtime.gpu_memory_gb else [])))
+        print("\n" + format_memory(memory, cards))
     return 0

@@ -397,11 +397,25 @@ def _finished(out: Path, fingerprint: str, steps: int) -> AdapterResult | None:
 # ----------------------------------------------------------------------------------------------------------
 # the loop
 # ----------------------------------------------------------------------------------------------------------
+def make_optimizer(cfg: AdapterConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (blockwise-quantised moments; it has CPU and CUDA kernels)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=1e-2)
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise ConfigError("adapter.optimizer: adamw8bit needs bitsandbytes (pip install 'diffreid[gpu]')") from None
+    return bitsandbytes.optim.AdamW8bit(groups, weight_decay=1e-2)
+
+
 def _fingerprint(cfg: AdapterConfig, inst: _ImageSet, ref: _ImageSet | None, name: str) -> str:
     knobs = cfg.model_dump(mode="json", exclude={"steps", "checkpoint_every", "gradient_checkpointing"})
     if knobs["mode"] != "dreambooth" or knobs["dreambooth_store"] == "unet":  # adapters trained before these fields
         knobs.pop("dreambooth_store"), knobs.pop("extract_rank")
     knobs["runtime"].pop("device", None)
+    knobs["runtime"].pop("gpu_memory_gb", None)
+    if knobs["optimizer"] == "adamw":  # adapters trained before the field
+        knobs.pop("optimizer")
     payload = json.dumps([knobs, cfg.resolved_lr, inst.digest(), ref.digest() if ref else None, name],
                          sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()
@@ -447,7 +461,7 @@ def _train(pipe, job_factory: Callable[[], object], cfg: AdapterConfig, out: Pat
                 cached = [job.encode(i).float() for i in ids]
 
         # 4. optimiser, generator, resume
-        optimizer = torch.optim.AdamW(job.param_groups(), weight_decay=1e-2)
+        optimizer = make_optimizer(cfg, job.param_groups())
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype is torch.float16)
         gen = torch.Generator().manual_seed(cfg.runtime.seed)
         start, losses = 0, []
