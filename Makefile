@@ -38,7 +38,7 @@ $(CHROMEDRIVER):
 	else echo "no $(CHROMEDRIVER): apt-get install chromium chromium-driver to run tests/test_serve_page.py"; fi
 
 test: $(STAMP) $(CHROMEDRIVER)
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=30
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

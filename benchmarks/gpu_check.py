@@ -5,9 +5,11 @@
     python benchmarks/gpu_check.py --cpu-sd15 --out benchmarks/CPU-SD15-RESULTS.md  # real size on CPU, ~12 min,
                                                                              # ~20 GB RAM: run it alone
 
-Measures generation images/s at 512x256 (fp16, bf16; batch 1/8/16/32), LoRA and DreamBooth training steps/s,
+Measures generation images/s at 512x256 (fp16, bf16; batch 1/8/16/32; channels-last and torch.compile against
+the plain pipeline), LoRA and DreamBooth training steps/s with the peak memory beside the memory plan's estimate,
 adapter activate vs load vs pipeline reload, VRAM per resident LoRA, Re-ID filter images/s, FAISS search of
-100k x 2048, each beside its anchor (the paper: 10 images per 15 s on an RTX 4090; 5k identities in 3 days on
+100k x 2048, one generator actor per GPU through Ray (aggregate images/s and the device each got), each beside
+its anchor (the paper: 10 images per 15 s on an RTX 4090; 5k identities in 3 days on
 8x RTX 4090, ~400 GPU-s per identity). Writes a Markdown file and prints it.
 """
 from __future__ import annotations
@@ -36,11 +38,13 @@ class Plan:
     reid_images: int
     gallery: tuple[int, int]  # images x dims
     queries: int
+    variants: tuple[str, ...] = ()  # generation options timed against the plain pipeline
+    ray_images: int = 0  # images per generator actor in the Ray section (0: skipped)
 
 
 FULL = Plan("cuda", ("fp16", "bf16"), (1, 8, 16, 32), 512, 256, 30, 10, "resnet50", (256, 128), 512,
-            (100_000, 2048), 1000)
-DRY = Plan("cpu", ("fp32",), (1, 2), 64, 32, 2, 2, "resnet18", (64, 32), 16, (1000, 64), 10)
+            (100_000, 2048), 1000, ("channels-last", "torch.compile"), 64)
+DRY = Plan("cpu", ("fp32",), (1, 2), 64, 32, 2, 2, "resnet18", (64, 32), 16, (1000, 64), 10, ("channels-last",), 4)
 CPU_SD15 = Plan("cpu", ("fp32",), (2,), 512, 256, 2, 2, "resnet50", (256, 128), 32, (100_000, 2048), 100)
 PAPER_IMAGES_PER_S = 10 / 15  # RTX 4090, the paper's generation speed
 PAPER_GPU_S_PER_ID = 3 * 24 * 3600 * 8 / 5000  # 5k identities, 3 days, 8 GPUs
@@ -61,6 +65,87 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def generation_variants(model, plan: Plan, base: dict, sample_images, sync) -> list[str]:
+    """Images/s with channels-last UNet memory and with a compiled UNet, against the plain pipeline."""
+    import torch
+
+    from diffreid.generation.sampler import SamplerConfig
+    from diffreid.models import PipelineConfig, load_pipeline
+
+    dtype, batch = plan.dtypes[-1], plan.batches[-1]
+    cfg = SamplerConfig(num_images=batch, batch_size=batch, steps=plan.steps, height=plan.height, width=plan.width,
+                        output_height=plan.height, output_width=plan.width, phrases_per_prompt=0)
+    lines = ["### Generation options", "", "| option | dtype | batch | images/s | vs plain |", "|---|---|---|---|---|"]
+    for variant in plan.variants:
+        pipe = load_pipeline(PipelineConfig(path=str(model), runtime={"device": plan.device, "dtype": dtype}))
+        if variant == "channels-last":
+            pipe.unet.to(memory_format=torch.channels_last)
+            pipe.vae.to(memory_format=torch.channels_last)
+        elif variant == "torch.compile":
+            pipe.unet = torch.compile(pipe.unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+        warm = clock(lambda: sample_images(pipe, None, "a photo of a person", 0, cfg), sync)  # compiles here
+        rate = batch / clock(lambda: sample_images(pipe, None, "a photo of a person", 0, cfg), sync)
+        plain = base[(dtype, batch)]
+        lines.append(f"| {variant} (first call {warm:.1f} s) | {dtype} | {batch} | {rate:.2f} | {rate / plain:.2f}x |")
+        pipe = None
+    return lines + [""]
+
+
+def ray_generators(model: str, plan: Plan, dtype: str, single_rate: float) -> list[str]:
+    """One generator actor per GPU through Ray (each loads the pipeline on the device Ray assigns it), sampling
+    at once: aggregate images/s against one pipeline alone. Without GPUs, one CPU actor checks the path."""
+    import ray
+
+    from diffreid.distributed.cluster import init_ray
+
+    init_ray()
+    try:
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        actors = max(gpus, 1)
+
+        @ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)
+        class Generator:
+            def __init__(self):
+                import os
+
+                from diffreid.models import PipelineConfig, load_pipeline
+
+                self.pipe = load_pipeline(PipelineConfig(path=model, runtime={"device": plan.device, "dtype": dtype}))
+                self.visible = os.environ.get("CUDA_VISIBLE_DEVICES", "-")
+
+            def sample(self, n: int) -> tuple[str, str, float]:
+                import time
+
+                import torch
+
+                from diffreid.generation.sampler import SamplerConfig, sample_identity
+
+                batch = plan.batches[-1]
+                cfg = SamplerConfig(num_images=n, batch_size=batch, steps=plan.steps, height=plan.height,
+                                    width=plan.width, output_height=plan.height, output_width=plan.width,
+                                    phrases_per_prompt=0)
+                start = time.perf_counter()
+                sample_identity(self.pipe, None, "a photo of a person", 0, cfg)
+                if self.pipe.device.type == "cuda":
+                    torch.cuda.synchronize()
+                return self.visible, str(self.pipe.device), time.perf_counter() - start
+
+        pool = [Generator.remote() for _ in range(actors)]
+        ray.get([g.sample.remote(plan.batches[-1]) for g in pool])  # warm-up
+        start = time.perf_counter()
+        done = ray.get([g.sample.remote(plan.ray_images) for g in pool])
+        wall = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    rate = actors * plan.ray_images / wall
+    lines = ["## One generator actor per GPU (Ray)", "",
+             f"{actors} actor(s) × {plan.ray_images} images at batch {plan.batches[-1]} ({dtype}): **{rate:.2f} "
+             f"images/s** in all, {rate / (actors * single_rate):.0%} of {actors} × one pipeline alone "
+             f"({single_rate:.2f} images/s).", "", "| actor | CUDA_VISIBLE_DEVICES | device | seconds |", "|---|---|---|---|"]
+    lines += [f"| {i} | {vis} | {dev} | {sec:.1f} |" for i, (vis, dev, sec) in enumerate(done)]
+    return lines + [""]
+
+
 def main(argv=None) -> int:
     import numpy as np
     import torch
@@ -68,7 +153,9 @@ def main(argv=None) -> int:
     from diffreid.data.toyworld import render_identity_images, sample_identity
     from diffreid.generation.adapters import (AdapterConfig, activate, deactivate, delete_adapter,
                                               load_identity_adapter, train_identity_adapter)
+    from diffreid.generation.refset import RefSetConfig
     from diffreid.generation.sampler import SamplerConfig, sample_identity as sample_images
+    from diffreid.memory import plan_parts
     from diffreid.io import atomic_write_json, atomic_write_text
     from diffreid.models import PipelineConfig, load_pipeline
 
@@ -127,6 +214,8 @@ def main(argv=None) -> int:
             lines.append(f"| {dtype} | {batch} | {rate:.2f} | {rate / PAPER_IMAGES_PER_S:.1f}x | {peak:.1f} |")
         pipe = None  # frees the GPU before the next dtype
     lines.append("")
+    if plan.variants:
+        lines += generation_variants(model, plan, base_images_per_s, sample_images, sync)
 
     # 2. adapter training and switching
     dtype = plan.dtypes[-1]
@@ -134,8 +223,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     person = render_identity_images(sample_identity(rng, 1), 4, rng, plan.height, plan.width)
     refs = render_identity_images(sample_identity(rng, 2), 4, rng, plan.height, plan.width)
-    lines += ["## Adapter training", "", "| mode | steps/s | stored MB | GPU-s per identity at the mode's default steps "
-              "| peak memory GB |", "|---|---|---|---|---|"]
+    lines += ["## Adapter training", "", "Planned: `diffreid.memory`'s estimate for the same run, to compare with the "
+              "measured peak.", "", "| mode | steps/s | stored MB | GPU-s per identity at the mode's default steps "
+              "| peak memory GB | planned GB |", "|---|---|---|---|---|---|"]
     adapters, train_rates = {}, {}
     for mode in ("lora", "dreambooth"):
         if cuda:
@@ -150,7 +240,11 @@ def main(argv=None) -> int:
         adapters[mode] = result.dir
         train_rates[mode] = rate
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else peak_rss_gb()
-        lines.append(f"| {mode} | {rate:.2f} | {result.bytes / 2**20:.1f} | {default_steps / rate:.0f} | {peak:.1f} |")
+        planned = plan_parts(cfg, SamplerConfig(height=plan.height, width=plan.width, batch_size=1),
+                             RefSetConfig(height=plan.height, width=plan.width, batch_size=1), cfg.runtime,
+                             str(model), adapter_cache=0).training_bytes / 2**30
+        lines.append(f"| {mode} | {rate:.2f} | {result.bytes / 2**20:.1f} | {default_steps / rate:.0f} | {peak:.1f} "
+                     f"| {planned:.1f} |")
     lines.append("")
 
     sync()
@@ -198,9 +292,10 @@ def main(argv=None) -> int:
               f"| Re-ID features ({plan.reid_backbone}, {plan.reid_size[0]}x{plan.reid_size[1]}) | "
               f"{plan.reid_images / reid_s:.0f} images/s |",
               f"| FAISS flat-IP search, {n:,} x {dim}, k=256 ({'GPU' if cuda else 'CPU'}) | "
-              f"{plan.queries / search_s:.0f} queries/s |", "",
-              "Not measured here yet: one generator actor per GPU through Ray (tests/test_ray_build.py runs it on "
-              "CPU), torch.compile and channels-last.", ""]
+              f"{plan.queries / search_s:.0f} queries/s |", ""]
+    if plan.ray_images:
+        dtype = plan.dtypes[-1]
+        lines += ray_generators(str(model), plan, dtype, base_images_per_s[(dtype, plan.batches[-1])])
     text = "\n".join(lines)
     atomic_write_text(args.out, text)
     figures = {"device": lines[0], "steps": plan.steps, "height": plan.height, "width": plan.width,

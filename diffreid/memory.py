@@ -137,17 +137,19 @@ def _lora_params(module, rank: int, targets: list[str]) -> int:
 # ----------------------------------------------------------------------------------------------------------
 # activations: peak live bytes on the meta device
 # ----------------------------------------------------------------------------------------------------------
-def _live_bytes_counter():
+def _live_bytes_counter(models=()):
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
     class LiveBytes(TorchDispatchMode):
-        """Adds each new tensor storage an op returns, subtracts it when it is freed; keeps the peak."""
+        """Adds each new tensor storage an op returns, subtracts it when it is freed; keeps the peak. Views of the
+        models' own weights (a transposed Linear weight) are weights, counted elsewhere, not activations."""
 
         def __init__(self):
             super().__init__()
             self.live = self.peak = 0
-            self.seen: set[int] = set()
+            self.seen: set[int] = {id(t.untyped_storage()) for m in models
+                                   for t in (*m.parameters(), *m.buffers())}
 
         def _freed(self, key: int, size: int) -> None:
             self.live -= size
@@ -197,8 +199,8 @@ class _FusedAttention:
         return out / attn.rescale_output_factor
 
 
-def _trace_peak(fn) -> int:
-    counter = _live_bytes_counter()
+def _trace_peak(fn, *models) -> int:
+    counter = _live_bytes_counter(models)
     with counter:
         fn()
     return counter.peak
@@ -254,10 +256,10 @@ def _activation_peaks(arch_key: str, dtype_name: str, train_batch: int, train_hw
 
     if checkpointing:
         unet.enable_gradient_checkpointing()
-    unet_peak = _trace_peak(unet_step)
+    unet_peak = _trace_peak(unet_step, unet)
     unet.disable_gradient_checkpointing() if checkpointing else None
-    text_peak = _trace_peak(text_step) if train_text else 0
-    sample_peak = max(_trace_peak(sample), _trace_peak(decode))
+    text_peak = _trace_peak(text_step, text) if train_text else 0
+    sample_peak = max(_trace_peak(sample, unet), _trace_peak(decode, vae))
     return unet_peak, text_peak, sample_peak
 
 
@@ -269,13 +271,18 @@ _ARCH_BY_KEY: dict[str, Architecture] = {}
 # ----------------------------------------------------------------------------------------------------------
 def plan_memory(cfg, model_path: str | None = None) -> MemoryPlan:
     """Bytes one generator process holds at its two peaks, for a ``BuildConfig`` (or its Ray job config)."""
+    cache = getattr(getattr(cfg, "ray", None), "adapter_cache", 1)
+    return plan_parts(cfg.adapter, cfg.sampler, cfg.refset, cfg.runtime, model_path or cfg.base_model.path, cache)
+
+
+def plan_parts(a, s, r, runtime, model_path: str, adapter_cache: int = 1) -> MemoryPlan:
+    """The same from the stage configs themselves (adapter, sampler, reference set, runtime)."""
     import torch
 
-    a, s, r = cfg.adapter, cfg.sampler, cfg.refset
-    arch = architecture(model_path or cfg.base_model.path)
+    arch = architecture(model_path)
     key = repr((arch.unet, arch.vae, arch.text))
     _ARCH_BY_KEY[key] = arch
-    dtype = cfg.runtime.dtype
+    dtype = runtime.dtype
     unet, vae, text = _models(arch, torch.float32)
     unet_n, vae_n, text_n = _params(unet), _params(vae), _params(text)
     weight = DTYPE_BYTES[dtype]
@@ -291,7 +298,7 @@ def plan_memory(cfg, model_path: str | None = None) -> MemoryPlan:
         if train_text:
             trained += _lora_params(text, a.rank, list(a.text_target_modules))
         adapter_bytes = trained * weight
-    cache = getattr(getattr(cfg, "ray", None), "adapter_cache", 1) if a.mode != "shared_lora_ti" else 1
+    cache = adapter_cache if a.mode != "shared_lora_ti" else 1
 
     batch = a.instance_batch_size + (a.prior_batch_size if a.prior_loss_weight > 0 else 0)
     unet_act, text_act, sample_act = _activation_peaks(

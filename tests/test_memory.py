@@ -45,21 +45,22 @@ def test_activations_shrink_with_checkpointing_and_grow_with_batch():
     assert 3 < ratio <= 4.2, ratio
 
 
-def test_plan_agrees_with_the_cpu_measurement_of_the_sd15_shaped_model():
+def test_plan_stays_under_the_cpu_measurement_of_the_sd15_shaped_model_by_less_than_a_quarter():
     """benchmarks/CPU-SD15-RESULTS.md: fp32, batch 1+1 at 512x256, no checkpointing: peak RSS 5.9 GB sampling
-    2 images, 7.7 GB training a LoRA (RSS counts the Python process where a GPU has its CUDA context)."""
+    2 images, 7.7 GB training a LoRA. RSS is an upper bound (the Python process, the allocator's freed-but-kept
+    pages and the earlier phases' peak), so the plan must not exceed it but should come close."""
     c = ["runtime.dtype=fp32", "ray.adapter_cache=1", "adapter.instance_batch_size=1", "adapter.prior_batch_size=1",
          "adapter.gradient_checkpointing=false", "sampler.batch_size=2", "refset.batch_size=2",
          "sampler.init_strength=null"]
     plan = plan_memory(sd15(LORA, *c))
-    assert plan.sampling_bytes / GIB == pytest.approx(5.9, rel=0.15)
-    assert plan.training_bytes / GIB == pytest.approx(7.7, rel=0.15)
+    assert 0.75 * 5.9 <= plan.sampling_bytes / GIB <= 5.9
+    assert 0.75 * 7.7 <= plan.training_bytes / GIB <= 7.7
 
 
 def test_a_build_that_cannot_fit_says_so_and_what_to_change():
     plan = plan_memory(sd15(PAPER))
     assert plan.fits(24) and not plan.fits(16)
-    with pytest.raises(ConfigError, match=r"needs about 19\.\d GB.*16 GB.*adamw8bit"):
+    with pytest.raises(ConfigError, match=r"needs about 18\.\d GB.*16 GB.*adamw8bit"):
         check_fits(plan, 16, sd15(PAPER))
     table = format_memory(plan)
     assert "| **total** |" in table and "24 GB: fits" in table
