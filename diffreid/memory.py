@@ -109,15 +109,12 @@ def _models(arch: Architecture, dtype):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     keep = {k: v for k, v in arch.text.items() if not k.startswith("_")}
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # built in the planned dtype (casting afterwards makes diffusers warn)
-    try:
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(arch.unet)
-            vae = AutoencoderKL.from_config(arch.vae)
-            text = CLIPTextModel(CLIPTextConfig(**keep))
-    finally:
-        torch.set_default_dtype(default)
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(arch.unet)
+        vae = AutoencoderKL.from_config(arch.vae)
+        text = CLIPTextModel(CLIPTextConfig(**keep))
+    for m in (unet, vae, text):  # torch's own cast: diffusers' override warns about fp32-kept modules it has none of
+        torch.nn.Module.to(m, dtype)
     for m in (unet, vae, text):
         m.requires_grad_(False)
     return unet, vae, text

@@ -43,6 +43,8 @@ class ToyPoolConfig(StageConfig):
     seed: int = Field(12345, description="pool identities and frames derive from it")
     uniform_colours: bool = Field(False, description="every clothing colour equally often (True) or the evaluation "
                                                      "worlds' crowd frequencies, where red/yellow/green are rare")
+    nuisance: float = Field(1.0, ge=0, le=2, description="camera cast/blur/gain strength (make_camera): 1 = the "
+                                                         "evaluation worlds' cameras; lower shows clothing plainer")
 
 
 class PromptFollowingConfig(StageConfig):
@@ -149,7 +151,7 @@ def render_pool(cfg: ToyPoolConfig, progress: bool = True):
     """(images uint8 N x H x W x 3, identities, views): ``images_per_id`` crops per pool identity."""
     from tqdm import tqdm
 
-    cams = [make_camera(i, s) for s in cfg.camera_seeds for i in range(1, cfg.cameras + 1)]
+    cams = [make_camera(i, s, cfg.nuisance) for s in cfg.camera_seeds for i in range(1, cfg.cameras + 1)]
     people = pool_identities(cfg)
     images, owners, views = [], [], []
     for ident in tqdm(people, desc="toy pool", unit="id", disable=not progress):
