@@ -15,7 +15,7 @@ COMMANDS = [
     ("models", "make model folders (e.g. a tiny offline diffusers pipeline)"),
     ("check", "validate a config file of any stage (follows _BASE_ and included files) and print it resolved"),
     ("build", None),
-    ("plan", "GPU time and storage of a build before it runs (measured GPU table or FLOP estimate)"),
+    ("plan", "GPU time, storage and GPU memory of a build before it runs (measured GPU table or FLOP estimate)"),
     ("data", "inspect Re-ID datasets: verify a Diff-Person folder, print stats, measure identity fidelity"),
     ("train", None),
     ("pretrain", None),

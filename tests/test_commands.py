@@ -151,6 +151,7 @@ def test_plan_prints_gpu_time_and_storage(tmp_path, capsys):
     assert main(["plan", "--config", real, "--identities", "751"]) == 0
     out = capsys.readouterr().out
     assert "estimate from FLOPs" in out and "| sampling |" in out and "GPU-hours" in out
+    assert "GPU memory of one generator (lora, bf16 weights" in out and "24 GB: fits; 80 GB: fits" in out
     measured = tmp_path / "GPU-RESULTS.json"
     measured.write_text('{"steps": 30, "images_per_s": {"bf16/8": 2.0}, "train_steps_per_s": {"lora": 4.0}, '
                         '"train_batch": 2}')
