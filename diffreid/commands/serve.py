@@ -39,5 +39,23 @@ def run(args):
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        serve.shutdown()
+        stop_within(SHUTDOWN_S)
     return 0
+
+
+SHUTDOWN_S = 60  # Serve waits for busy replicas; past this the local Ray (and them) is stopped anyway
+
+
+def stop_within(seconds: float) -> None:
+    """Ctrl-C: shut Serve down gracefully for up to ``seconds``, then stop this command's Ray either way."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    graceful = threading.Thread(target=serve.shutdown, daemon=True)
+    graceful.start()
+    graceful.join(seconds)
+    if graceful.is_alive():
+        print(f"Serve did not stop within {seconds:.0f} s; stopping its Ray")
+    ray.shutdown()
