@@ -52,15 +52,12 @@ def lora_params(rank: int, target_modules: list[str]) -> int:
     import torch
     from diffusers import UNet2DConditionModel
 
+    from diffreid.memory import lora_param_count
     from diffreid.models.random import SD15
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**SD15["unet"])
-    total = 0
-    for name, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and any(name.endswith(t) for t in target_modules):
-            total += rank * (module.in_features + module.out_features)
-    return total
+    return lora_param_count(unet, rank, target_modules)
 
 
 def plan_build(cfg, identities: int, gpu_results: str | Path | None = None,

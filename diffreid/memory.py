@@ -114,9 +114,7 @@ def _models(arch: Architecture, dtype):
         vae = AutoencoderKL.from_config(arch.vae)
         text = CLIPTextModel(CLIPTextConfig(**keep))
     for m in (unet, vae, text):  # torch's own cast: diffusers' override warns about fp32-kept modules it has none of
-        torch.nn.Module.to(m, dtype)
-    for m in (unet, vae, text):
-        m.requires_grad_(False)
+        torch.nn.Module.to(m, dtype).requires_grad_(False)
     return unet, vae, text
 
 
@@ -124,7 +122,8 @@ def _params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _lora_params(module, rank: int, targets: list[str]) -> int:
+def lora_param_count(module, rank: int, targets: list[str]) -> int:
+    """Parameters of a rank-``rank`` LoRA on ``module``'s Linear layers named by ``targets`` (peft's matching)."""
     import torch
 
     return sum(rank * (m.in_features + m.out_features) for name, m in module.named_modules()
@@ -254,7 +253,8 @@ def _activation_peaks(arch_key: str, dtype_name: str, train_batch: int, train_hw
     if checkpointing:
         unet.enable_gradient_checkpointing()
     unet_peak = _trace_peak(unet_step, unet)
-    unet.disable_gradient_checkpointing() if checkpointing else None
+    if checkpointing:
+        unet.disable_gradient_checkpointing()
     text_peak = _trace_peak(text_step, text) if train_text else 0
     sample_peak = max(_trace_peak(sample, unet), _trace_peak(decode, vae))
     return unet_peak, text_peak, sample_peak
@@ -290,10 +290,10 @@ def plan_parts(a, s, r, runtime, model_path: str, adapter_cache: int = 1) -> Mem
         adapter_bytes = unet_n * weight  # a resident DreamBooth adapter is a whole UNet
         train_text = False
     else:
-        trained = _lora_params(unet, a.rank, list(a.target_modules))
+        trained = lora_param_count(unet, a.rank, list(a.target_modules))
         train_text = a.train_text_encoder or a.mode == "shared_lora_ti"
         if train_text:
-            trained += _lora_params(text, a.rank, list(a.text_target_modules))
+            trained += lora_param_count(text, a.rank, list(a.text_target_modules))
         adapter_bytes = trained * weight
     cache = adapter_cache if a.mode != "shared_lora_ti" else 1
 
