@@ -92,7 +92,7 @@ def test_train_toy_base_script_writes_loadable_models_and_resumes(tmp_path):
               "--set", "captioner.batch=8", "--set", "base.threads=1",
               "--set", "base.refine.steps=2", "--set", "base.refine.pool.ids=6",
               "--set", "base.refine.pool.images_per_id=4", "--set", "base.eval.per_prompt=1",
-              "--set", "base.eval.steps=1"]
+              "--set", "base.eval.steps=1", "--set", "base.person_weight=2"]
     done = subprocess.run(common + ["--set", "base.unet_steps=2"], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -132,8 +132,32 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed():
     base = ToyBaseConfig()
     assert recipe_fingerprint(base) == recipe_fingerprint(base.model_copy(update={"unet_steps": 5000}))
     for change in ({"unet_lr": 1e-3}, {"text_layers": 4}, {"unet_pool": ToyPoolConfig(uniform_colours=True)},
-                   {"train_text_encoder": False}):
+                   {"train_text_encoder": False}, {"person_weight": 4.0}, {"vae_from": "diffreid:toy-base"}):
         assert recipe_fingerprint(base) != recipe_fingerprint(base.model_copy(update=change)), change
+
+
+def test_person_weights_and_a_reused_vae(tmp_path):
+    import torch
+
+    from diffreid.toy.base import ToyBaseConfig, ToyPoolConfig, latent_weights, render_pool, train_toy_base
+
+    pool = ToyPoolConfig(ids=4, images_per_id=3)
+    images, owners, views, masks = render_pool(pool, progress=False, with_masks=True)
+    assert np.array_equal(images, render_pool(pool, progress=False)[0])
+    weights = latent_weights(masks, 2, 4.0)
+    assert weights.shape == (12, 1, 32, 16)
+    assert float(weights.min()) == 1.0 and float(weights.max()) == 5.0, "1 off the person, 1 + 4 on it"
+    share = masks.reshape(12, 32, 2, 16, 2).mean(axis=(2, 4))
+    assert torch.allclose(weights[:, 0], torch.from_numpy(1 + 4 * share).float())
+    cfg = ToyBaseConfig(pool=pool, vae_from="diffreid:toy-base", person_weight=4.0, unet_steps=2, unet_batch=2,
+                        threads=1, eval={"per_prompt": 1, "steps": 1})
+    out = train_toy_base(cfg, tmp_path / "base", tmp_path / "work")
+    stages = {json.loads(x)["stage"] for x in (tmp_path / "work" / "log.jsonl").read_text().splitlines()}
+    assert stages == {"unet"}, "the VAE is reused, not trained"
+    assert out["scaling_factor"] == pytest.approx(json.loads(
+        (REPO / "diffreid/assets/toy-base/vae/config.json").read_text())["scaling_factor"])
+    with pytest.raises(FileNotFoundError, match="vae_from="):
+        train_toy_base(cfg.model_copy(update={"vae_from": str(tmp_path)}), tmp_path / "b2", tmp_path / "w2")
 
 
 def test_every_caption_word_is_one_token(tmp_path):

@@ -81,6 +81,22 @@ def test_render_person_is_deterministic_by_seed():
     assert len(crops) == 5 and all(im.size == (32, 64) for im in crops)
 
 
+def test_person_mask_marks_the_visible_person_and_changes_no_draw():
+    ident = person()
+    for cam in (make_camera(2, seed=1), make_camera(5)):
+        for seed in range(6):
+            plain = np.asarray(render_person(ident, cam, None, np.random.default_rng(seed), 64, 32))
+            image, mask = render_person(ident, cam, None, np.random.default_rng(seed), 64, 32, with_mask=True)
+            assert np.array_equal(plain, np.asarray(image)), "asking for the mask changed the image"
+            assert mask.shape == (64, 32) and mask.dtype == bool
+            assert 0.05 < mask.mean() < 0.5, mask.mean()
+            rows = np.flatnonzero(mask.any(axis=1))
+            assert rows[-1] > 48 and rows[0] < 24, "the mask spans the standing person, head to feet"
+    clean = make_camera(1, nuisance=0.0)
+    _, mask = render_person(ident, clean, "front", np.random.default_rng(0), 64, 32, with_mask=True)
+    assert not mask[:, :3].any() and not mask[:, -3:].any(), "a centred person leaves the crop edges free"
+
+
 def render_pair(a: Identity, b: Identity, modality: str) -> tuple[np.ndarray, np.ndarray]:
     cam = make_camera(1, nuisance=0.0)  # a clean camera: no occluders, the two renders share every random draw
     return tuple(np.asarray(render_person(p, cam, "front", np.random.default_rng(0), 128, 64, modality),

@@ -464,12 +464,13 @@ def _occlude(d: ImageDraw.ImageDraw, cam: Camera, rng: np.random.Generator, heig
 
 def render_person(identity: Identity, cam: Camera | int, view: str | None, rng: np.random.Generator,
                   height: int = 128, width: int = 64, modality: str = "rgb", *, facing: int | None = None,
-                  offset: tuple[float, float] | None = None) -> Image.Image:
+                  offset: tuple[float, float] | None = None, with_mask: bool = False):
     """One crop of ``identity`` seen by ``cam`` (a Camera, or a global camera index in world seed 0).
 
     ``view`` None draws one from the camera's viewpoint habits. ``modality`` "ir" renders a thermal-like
     grey image (returned as RGB with three equal channels). ``facing``/``offset`` let a caller keep the
-    walking direction and framing coherent across the frames of a sequence.
+    walking direction and framing coherent across the frames of a sequence. ``with_mask`` returns
+    (image, mask): a boolean H x W array of the person's visible pixels (occluders removed), same draws.
     """
     if modality not in ("rgb", "ir"):
         raise ValueError(f"modality {modality!r}: expected 'rgb' or 'ir'")
@@ -490,6 +491,7 @@ def render_person(identity: Identity, cam: Camera | int, view: str | None, rng: 
     img = bg.crop((left, upper, left + width, upper + height))
 
     # 2. the person
+    scene = np.asarray(img).copy() if with_mask else None
     d = ImageDraw.Draw(img)
     ph = height * cam.scale * identity.body_height * (1 + rng.uniform(-0.06, 0.06) * j)
     cx = width / 2 + rng.uniform(-0.07, 0.07) * j * width
@@ -497,8 +499,14 @@ def render_person(identity: Identity, cam: Camera | int, view: str | None, rng: 
     facing = facing if facing is not None else int(rng.choice([-1, 1]))
     _draw_person(d, identity, _fills(identity, modality, rng), view, cx, foot, ph, facing,
                  stride=float(rng.uniform(-1, 1)), swing=float(rng.uniform(-1, 1)))
+    mask = None
+    if with_mask:
+        drawn = np.asarray(img).copy()
+        mask = _changed(drawn, scene)
     if rng.random() < cam.occlusion:
         _occlude(d, cam, rng, height, width, modality)
+        if with_mask:
+            mask &= ~_changed(np.asarray(img), drawn)
 
     # 3. optics: resolution, blur, illumination, colour cast, sensor noise
     if cam.lowres > 1.05:
@@ -513,10 +521,17 @@ def render_person(identity: Identity, cam: Camera | int, view: str | None, rng: 
         arr = arr * (0.85 + 0.15 * gain) + (arr > cam.ir_level + 40) * cam.ir_person
         arr += rng.standard_normal(arr.shape, dtype=np.float32) * (cam.noise + 2.0)
         grey = np.clip(arr, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
-    arr = arr * (gain * np.asarray(cam.cast, dtype=np.float32))
-    arr += rng.standard_normal(arr.shape, dtype=np.float32) * cam.noise
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+        out = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), "RGB")
+    else:
+        arr = arr * (gain * np.asarray(cam.cast, dtype=np.float32))
+        arr += rng.standard_normal(arr.shape, dtype=np.float32) * cam.noise
+        out = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+    return (out, mask) if with_mask else out
+
+
+def _changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    diff = a != b
+    return diff.any(axis=2) if diff.ndim == 3 else diff
 
 
 def render_identity_images(identity: Identity, n: int, rng: np.random.Generator, height: int = 128,

@@ -91,6 +91,11 @@ class ToyBaseConfig(StageConfig):
     unet_steps: int = Field(1200, ge=0, description="~40-60 min at batch 64 on 2 cores")
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma loss weights (Hang et al. 2023); None: "
                                                             "the plain noise loss of the shipped base")
+    person_weight: float = Field(0.0, ge=0, description="extra noise-loss weight on the person's latent pixels "
+                                                        "(1 + w x person share): the clothing the prompt names "
+                                                        "is ~10% of a crop; 0 = the plain loss of the shipped base")
+    vae_from: str | None = Field(None, description="a toy-base folder whose trained VAE is reused (skips the "
+                                                   "~15-min VAE phase); None trains one on `pool`")
     unet_batch: int = Field(64, ge=1, description="probe: batch size mattered more than step count")
     unet_lr: float = Field(6e-4, gt=0, description="peak AdamW rate after warm-up, cosine-decayed to 10%")
     warmup_steps: int = Field(100, ge=0, description="stabilises the first steps of a fresh UNet")
@@ -147,22 +152,34 @@ def pool_identities(cfg: ToyPoolConfig) -> list[Identity]:
             for pid in range(cfg.pid_offset + 1, cfg.pid_offset + 1 + cfg.ids)]
 
 
-def render_pool(cfg: ToyPoolConfig, progress: bool = True):
-    """(images uint8 N x H x W x 3, identities, views): ``images_per_id`` crops per pool identity."""
+def render_pool(cfg: ToyPoolConfig, progress: bool = True, with_masks: bool = False):
+    """(images uint8 N x H x W x 3, identities, views): ``images_per_id`` crops per pool identity.
+    ``with_masks`` appends the person masks (bool N x H x W); the images are the same either way."""
     from tqdm import tqdm
 
     cams = [make_camera(i, s, cfg.nuisance) for s in cfg.camera_seeds for i in range(1, cfg.cameras + 1)]
     people = pool_identities(cfg)
-    images, owners, views = [], [], []
+    images, owners, views, masks = [], [], [], []
     for ident in tqdm(people, desc="toy pool", unit="id", disable=not progress):
         rng = np.random.default_rng([cfg.seed, 7, ident.pid])
         for _ in range(cfg.images_per_id):
             cam = cams[int(rng.integers(len(cams)))]
             view = VIEWS[int(rng.integers(3))]
-            images.append(np.asarray(render_person(ident, cam, view, rng, cfg.height, cfg.width)))
+            image, mask = render_person(ident, cam, view, rng, cfg.height, cfg.width, with_mask=True)
+            images.append(np.asarray(image))
+            masks.append(mask)
             owners.append(ident)
             views.append(view)
-    return np.stack(images), owners, views
+    return (np.stack(images), owners, views) + ((np.stack(masks),) if with_masks else ())
+
+
+def latent_weights(masks: np.ndarray, factor: int, person_weight: float):
+    """Per-latent-pixel loss weights (N x 1 x h x w): 1 + ``person_weight`` x the person's share of each
+    latent pixel's ``factor`` x ``factor`` image patch."""
+    import torch
+
+    share = torch.nn.functional.avg_pool2d(torch.from_numpy(masks).float()[:, None], factor)
+    return 1.0 + person_weight * share
 
 
 def to_tensor(images: np.ndarray):
@@ -302,10 +319,11 @@ def encode_pool(vae, images: np.ndarray, batch: int = 256):
 
 def train_unet(phase: UnetPhase, batch: int, uncond_prob: float, checkpoint_every: int, unet, text_encoder,
                tokenizer, scheduler_config, latents, captions: list[str], work: Path, log, on_sample=None,
-               sample_every: int = 0, origin: str = ""):
+               sample_every: int = 0, origin: str = "", weights=None):
     """Train UNet + text encoder on cached latents for one phase (resumable; ``work/<phase>-ckpt.pt``).
     Starts from the modules' current weights with a fresh optimiser; returns the phase's EMA state dicts.
-    ``origin`` names those starting weights: a checkpoint made from other ones is not resumed."""
+    ``origin`` names those starting weights: a checkpoint made from other ones is not resumed. ``weights``
+    (N x 1 x h x w, from ``latent_weights``) weight each latent pixel's noise loss."""
     import torch
     from diffusers import DDPMScheduler
     from tqdm import tqdm
@@ -348,7 +366,12 @@ def train_unet(phase: UnetPhase, batch: int, uncond_prob: float, checkpoint_ever
         xt = noise_sched.add_noise(x0, noise, t)
         cond = text_encoder(tok).last_hidden_state
         pred = unet(xt, t, encoder_hidden_states=cond).sample
-        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        err = ((pred - noise) ** 2).mean(dim=1, keepdim=True)
+        if weights is None:
+            per_sample = err.mean(dim=(1, 2, 3))
+        else:
+            w = weights[pick]
+            per_sample = (err * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))
         if phase.snr_gamma is not None:
             snr = alphas[t] / (1 - alphas[t])
             per_sample = per_sample * torch.clamp(snr, max=phase.snr_gamma) / snr
@@ -457,22 +480,33 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
 
     rng = np.random.default_rng(cfg.seed)
     seconds: dict[str, float] = {}
+    masks = None
     if cfg.init_from is None:
         images, owners, views = pool if pool is not None else render_pool(cfg.pool)
         captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
         tokenizer = build_tokenizer(work / "tokenizer", words=caption_words())
         vae, unet, text_encoder, scheduler = build_models(cfg, tokenizer)
-        t0 = time.time()
-        scaling = train_vae(cfg, vae, images, work, log)
-        seconds["vae"] = round(time.time() - t0, 1)
+        if cfg.vae_from is not None:
+            vae, scaling = load_vae(cfg.vae_from)
+        else:
+            t0 = time.time()
+            scaling = train_vae(cfg, vae, images, work, log)
+            seconds["vae"] = round(time.time() - t0, 1)
     else:
         vae, unet, text_encoder, tokenizer, scheduler, scaling, seconds = load_first_phase(cfg.init_from)
     vae.eval().requires_grad_(False)
     text_encoder.requires_grad_(cfg.train_text_encoder)
     if cfg.init_from is None and cfg.unet_pool is not None and cfg.unet_pool != cfg.pool:
-        images, owners, views = render_pool(cfg.unet_pool)
+        images, owners, views, masks = render_pool(cfg.unet_pool, with_masks=True)
         captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
+    elif cfg.init_from is None and cfg.person_weight:
+        masks = render_pool(cfg.pool, with_masks=True)[3]
     latents = encode_pool(vae, images) * scaling if cfg.init_from is None else None
+
+    def person_weights():
+        if not cfg.person_weight or masks is None:
+            return None
+        return latent_weights(masks, images.shape[1] // latents.shape[2], cfg.person_weight)
 
     def on_sample(tag, step, ema):
         pipe = assemble_pipeline(cfg, vae, unet, text_encoder, tokenizer, scheduler, scaling, ema)
@@ -489,14 +523,15 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
             unet.load_state_dict(ema["unet"])
             text_encoder.load_state_dict(ema["text"])
         if phase.name == "refine" and (cfg.refine.pool != (cfg.unet_pool or cfg.pool) or latents is None):
-            images, owners, views = render_pool(cfg.refine.pool)
+            images, owners, views, masks = render_pool(cfg.refine.pool, with_masks=True)
             pick = np.random.default_rng(cfg.refine.pool.seed)
             captions = [training_caption(o, v if pick.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
             latents = encode_pool(vae, images) * scaling
             origin = json.dumps([origin, cfg.refine.pool.model_dump(mode="json")], sort_keys=True)
         t0 = time.time()
         ema = train_unet(phase, cfg.unet_batch, cfg.uncond_prob, cfg.checkpoint_every, unet, text_encoder, tokenizer,
-                         scheduler.config, latents, captions, work, log, on_sample, cfg.sample_every, origin)
+                         scheduler.config, latents, captions, work, log, on_sample, cfg.sample_every, origin,
+                         person_weights())
         seconds[phase.name] = round(time.time() - t0, 1)
         pool_images[phase.name] = int(len(latents))
         origin = json.dumps([origin, dataclasses.asdict(phase)], sort_keys=True)
@@ -526,6 +561,19 @@ def recipe_fingerprint(cfg: ToyBaseConfig) -> str:
     ignored = {"unet_steps", "eval", "sample_every", "checkpoint_every", "threads", "refine", "init_from"}
     merges = hashlib.sha256("\n".join(tiny_vocab(caption_words())[1]).encode()).hexdigest()[:16]
     return json.dumps({**cfg.model_dump(mode="json", exclude=ignored), "tokenizer_merges": merges}, sort_keys=True)
+
+
+def load_vae(folder: str):
+    """(vae, scaling factor) of a saved toy-base folder."""
+    from diffusers import AutoencoderKL
+
+    from diffreid.models.assets import resolve_model_path
+
+    path = Path(resolve_model_path(folder))
+    if not (path / "vae" / "config.json").is_file():
+        raise FileNotFoundError(f"vae_from={folder!r}: {path} has no vae/ folder of a diffusers pipeline")
+    vae = AutoencoderKL.from_pretrained(path / "vae", local_files_only=True)
+    return vae, float(vae.config.scaling_factor)
 
 
 def load_first_phase(folder: str):
