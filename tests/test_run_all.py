@@ -33,14 +33,25 @@ def test_run_all_config_lists_every_stage_error_before_any_work():
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_run_all_writes_results_and_a_report(ray_client, tmp_path):
-    from diffreid.distributed.run_all import run_all
+def test_demo_command_runs_the_main_job_and_writes_a_report(ray_client, tmp_path, capsys):
+    """`diffreid demo --quick` end to end (build -> Ray Train pre-training -> fine-tunes -> report) on the
+    shipped toy models, shrunk by --set so the suite can afford it."""
+    from diffreid.cli import main
 
-    page = run_all(REPO / "configs" / "toy-run-all.yaml", tmp_path, overrides=[
-        "pretrain.epochs=1", "pretrain.ray.num_workers=1", "build.fidelity.reader.epochs=1",
-        "build.fidelity.reader.iters_per_epoch=2", "finetune_eval.train.epochs=1",
-        "finetune_eval.settings=[fs]", "finetune_eval.fractions=[50]"])
-    assert page == tmp_path / "report.html"
+    world = "{ids_train: 8, ids_test: 8, cams: 3, height: 64, width: 32, seed: 0}"
+    code = main(["demo", "--quick", "--out", str(tmp_path), "--address", ray_client["address"], *[
+        arg for override in (
+            f"build.sources=[{{name: toy, toyworld: {world}, max_identities: 2, min_images: 4}}]",
+            "build.adapter.steps=2", "build.adapter.checkpoint_every=2", "build.refset.num_images=4",
+            "build.refset.batch_size=4", "build.sampler.num_images=4", "build.sampler.batch_size=4",
+            "build.filter.threshold=0.0", "build.filter_reid.epochs=1", "build.filter_reid.milestones=[]",
+            "build.fidelity.reader.epochs=1", "build.fidelity.reader.iters_per_epoch=2", "pretrain.epochs=1",
+            "finetune_eval.train.epochs=1", "finetune_eval.train.milestones=[]", "finetune_eval.seeds=[0]",
+            "finetune_eval.fractions=[50]")
+        for arg in ("--set", override)]])
+    assert code == 0
+    page = tmp_path / "report.html"
+    assert str(page) in capsys.readouterr().out, "the command prints where its report is"
     html = page.read_text()
     assert "Results (fine-tune on the target)" in html and "Stage times" in html
     assert html.index("Identity fidelity") < html.index("Results (fine-tune on the target)")

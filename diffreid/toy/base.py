@@ -91,9 +91,9 @@ class ToyBaseConfig(StageConfig):
     unet_steps: int = Field(1200, ge=0, description="~40-60 min at batch 64 on 2 cores")
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma loss weights (Hang et al. 2023); None: "
                                                             "the plain noise loss of the shipped base")
-    person_weight: float = Field(0.0, ge=0, description="extra noise-loss weight on the person's latent pixels "
-                                                        "(1 + w x person share): the clothing the prompt names "
-                                                        "is ~10% of a crop; 0 = the plain loss of the shipped base")
+    person_weight: float = Field(5.0, ge=0, description="extra noise-loss weight on the person's latent pixels "
+                                                        "(1 + w x person share; the person is ~24% of a crop): "
+                                                        "shirt colour 92% at step 900 vs ~30% with the plain loss (0)")
     vae_from: str | None = Field(None, description="a toy-base folder whose trained VAE is reused (skips the "
                                                    "~15-min VAE phase); None trains one on `pool`")
     unet_batch: int = Field(64, ge=1, description="probe: batch size mattered more than step count")
