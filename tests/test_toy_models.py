@@ -170,3 +170,8 @@ def test_every_caption_word_is_one_token(tmp_path):
     tok = build_tokenizer(tmp_path / "tok", words=words)
     assert {w: tok.tokenize(w) for w in words if tok.tokenize(w) != [f"{w}</w>"]} == {}
     assert tok.tokenize("yellow trousers") == ["yellow</w>", "trousers</w>"]
+    from transformers import CLIPTokenizer
+
+    shipped = CLIPTokenizer.from_pretrained(Path(resolve_model_path("diffreid:toy-base")) / "tokenizer")
+    assert {w: shipped.tokenize(w) for w in words if shipped.tokenize(w) != [f"{w}</w>"]} == {}, \
+        "the shipped base was trained with a tokenizer that splits caption words"
