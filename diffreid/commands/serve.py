@@ -14,7 +14,8 @@ def register(p):
 
 def run(args):
     import os
-    import time
+    import signal
+    import threading
 
     from diffreid.distributed.cluster import init_ray
 
@@ -35,11 +36,14 @@ def run(args):
     auth = " (Bearer token required)" if settings.resolved_token() else ""
     print(f"serving on http://{args.host}:{args.port}{auth} — API docs at /docs; store: {settings.storage}")
     print(f"try: diffreid augment --url http://{args.host}:{args.port} --images DIR --out DIR   (Ctrl-C stops)")
-    try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        stop_within(SHUTDOWN_S)
+    stop = threading.Event()  # our own handlers: Ctrl-C must reach this loop whatever Ray installed
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1):
+        pass
+    print("stopping: shutting Serve down ...", flush=True)
+    stop_within(SHUTDOWN_S)
+    print("stopped", flush=True)
     return 0
 
 
@@ -57,5 +61,5 @@ def stop_within(seconds: float) -> None:
     graceful.start()
     graceful.join(seconds)
     if graceful.is_alive():
-        print(f"Serve did not stop within {seconds:.0f} s; stopping its Ray")
+        print(f"Serve did not stop within {seconds:.0f} s; stopping its Ray", flush=True)
     ray.shutdown()
