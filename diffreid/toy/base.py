@@ -460,7 +460,7 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
     """Train the toy base pipeline and write it to ``out_dir`` (a diffusers folder). ``work_dir`` keeps the
     resumable checkpoints, the loss log and sample grids. With a ``captioner`` (the toy attribute predictor),
     prompt following is measured: how often generated shirts/trousers have the prompted colour. ``pool`` is
-    ``render_pool(cfg.pool)``'s result when the caller already rendered it."""
+    ``render_pool(cfg.pool, with_masks=True)``'s result when the caller already rendered it."""
     import torch
 
     from diffreid.models.assets import resolve_model_path
@@ -480,9 +480,8 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
 
     rng = np.random.default_rng(cfg.seed)
     seconds: dict[str, float] = {}
-    masks = None
     if cfg.init_from is None:
-        images, owners, views = pool if pool is not None else render_pool(cfg.pool)
+        images, owners, views, masks = pool if pool is not None else render_pool(cfg.pool, with_masks=True)
         captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
         tokenizer = build_tokenizer(work / "tokenizer", words=caption_words())
         vae, unet, text_encoder, scheduler = build_models(cfg, tokenizer)
@@ -499,12 +498,10 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
     if cfg.init_from is None and cfg.unet_pool is not None and cfg.unet_pool != cfg.pool:
         images, owners, views, masks = render_pool(cfg.unet_pool, with_masks=True)
         captions = [training_caption(o, v if rng.random() < cfg.view_prob else None) for o, v in zip(owners, views)]
-    elif cfg.init_from is None and cfg.person_weight:
-        masks = render_pool(cfg.pool, with_masks=True)[3]
     latents = encode_pool(vae, images) * scaling if cfg.init_from is None else None
 
     def person_weights():
-        if not cfg.person_weight or masks is None:
+        if not cfg.person_weight:
             return None
         return latent_weights(masks, images.shape[1] // latents.shape[2], cfg.person_weight)
 

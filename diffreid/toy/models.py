@@ -35,10 +35,10 @@ def train_toy_models(cfg: ToyModelsConfig, out_dir: str | Path = ASSETS, work_di
     if cfg.base.threads:
         torch.set_num_threads(cfg.base.threads)
     captioner_dir = out / "toy-captioner"
-    pool = render_pool(cfg.base.pool)  # one pool, disjoint from every evaluation identity, for both models
+    pool = render_pool(cfg.base.pool, with_masks=True)  # one pool, disjoint from evaluation ids, for both models
     results = {}
     if part in ("captioner", "all"):
-        results["captioner"] = train_toy_captioner(cfg.captioner, *pool, captioner_dir)
+        results["captioner"] = train_toy_captioner(cfg.captioner, *pool[:3], captioner_dir)
         print(json.dumps(results["captioner"], indent=1))
     if part in ("base", "all"):
         captioner = ToyCaptioner(captioner_dir) if captioner_dir.is_dir() else None
