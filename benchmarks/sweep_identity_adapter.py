@@ -53,6 +53,12 @@ SETTINGS: dict[str, dict] = {
                                                                  "adapter.steps": 100,
                                                                  "adapter.dreambooth_store": "lora",
                                                                  "adapter.extract_rank": 32},
+    "new base: demo preset, text-to-image": {"sampler.init_strength": None},
+    "new base: demo preset, text-to-image, 100 steps": {"sampler.init_strength": None, "adapter.steps": 100},
+    "new base: demo preset, img2img 0.4": {"sampler.init_strength": 0.4},
+    "new base: demo preset, img2img 0.8": {"sampler.init_strength": 0.8},
+    "new base: dreambooth, 100 steps, lr 1e-4, text-to-image": {"adapter.mode": "dreambooth", "adapter.lr": 1e-4,
+                                                                "adapter.steps": 100, "sampler.init_strength": None},
     "shared LoRA + token, 400 steps, lr 1e-3, img2img 0.5": {"adapter.mode": "shared_lora_ti", "adapter.steps": 400,
                                                              "adapter.lr": 1e-3, "sampler.init_strength": 0.5},
 }

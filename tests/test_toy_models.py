@@ -132,14 +132,16 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed():
     base = ToyBaseConfig()
     assert recipe_fingerprint(base) == recipe_fingerprint(base.model_copy(update={"unet_steps": 5000}))
     for change in ({"unet_lr": 1e-3}, {"text_layers": 4}, {"unet_pool": ToyPoolConfig(uniform_colours=True)},
-                   {"train_text_encoder": False}, {"person_weight": 4.0}, {"vae_from": "diffreid:toy-base"}):
+                   {"train_text_encoder": False}, {"person_weight": 4.0}, {"lower_weight": 2.0},
+                   {"vae_from": "diffreid:toy-base"}):
         assert recipe_fingerprint(base) != recipe_fingerprint(base.model_copy(update=change)), change
 
 
 def test_person_weights_and_a_reused_vae(tmp_path):
     import torch
 
-    from diffreid.toy.base import ToyBaseConfig, ToyPoolConfig, latent_weights, render_pool, train_toy_base
+    from diffreid.toy.base import (ToyBaseConfig, ToyPoolConfig, latent_weights, lower_half, render_pool,
+                                   train_toy_base)
 
     pool = ToyPoolConfig(ids=4, images_per_id=3)
     images, owners, views, masks = render_pool(pool, progress=False, with_masks=True)
@@ -149,6 +151,14 @@ def test_person_weights_and_a_reused_vae(tmp_path):
     assert float(weights.min()) == 1.0 and float(weights.max()) == 5.0, "1 off the person, 1 + 4 on it"
     share = masks.reshape(12, 32, 2, 16, 2).mean(axis=(2, 4))
     assert torch.allclose(weights[:, 0], torch.from_numpy(1 + 4 * share).float())
+    lower = lower_half(masks)
+    assert not (lower & ~masks).any() and lower.any(axis=(1, 2)).all()
+    for person, legs in zip(masks, lower):
+        rows = np.flatnonzero(person.any(axis=1))
+        assert not legs[:(rows[0] + rows[-1] + 1) // 2].any() and legs[rows[-1]].any(), "legs: the lower half only"
+    lower_share = lower.reshape(12, 32, 2, 16, 2).mean(axis=(2, 4))
+    assert torch.allclose(latent_weights(masks, 2, 4.0, 3.0)[:, 0],
+                          torch.from_numpy(1 + 4 * share + 3 * lower_share).float())
     cfg = ToyBaseConfig(pool=pool, vae_from="diffreid:toy-base", person_weight=4.0, unet_steps=2, unet_batch=2,
                         threads=1, eval={"per_prompt": 1, "steps": 1})
     out = train_toy_base(cfg, tmp_path / "base", tmp_path / "work")

@@ -94,6 +94,9 @@ class ToyBaseConfig(StageConfig):
     person_weight: float = Field(5.0, ge=0, description="extra noise-loss weight on the person's latent pixels "
                                                         "(1 + w x person share; the person is ~24% of a crop): "
                                                         "shirt colour 92% at step 900 vs ~30% with the plain loss (0)")
+    lower_weight: float = Field(0.0, ge=0, description="further weight on the lower half of the person (the "
+                                                       "trousers/skirt/shorts, a small part of the mask); 0: the "
+                                                       "shipped base's first phase")
     vae_from: str | None = Field(None, description="a toy-base folder whose trained VAE is reused (skips the "
                                                    "~15-min VAE phase); None trains one on `pool`")
     unet_batch: int = Field(64, ge=1, description="probe: batch size mattered more than step count")
@@ -173,13 +176,25 @@ def render_pool(cfg: ToyPoolConfig, progress: bool = True, with_masks: bool = Fa
     return (np.stack(images), owners, views) + ((np.stack(masks),) if with_masks else ())
 
 
-def latent_weights(masks: np.ndarray, factor: int, person_weight: float):
+def lower_half(masks: np.ndarray) -> np.ndarray:
+    """The part of each person mask below the middle of its vertical extent: legs and lower garment."""
+    rows = np.arange(masks.shape[1])[None, :, None]
+    any_row = masks.any(axis=2)
+    top = np.where(any_row.any(axis=1), any_row.argmax(axis=1), masks.shape[1])
+    bottom = masks.shape[1] - 1 - any_row[:, ::-1].argmax(axis=1)
+    return masks & (rows >= ((top + bottom + 1) / 2)[:, None, None])
+
+
+def latent_weights(masks: np.ndarray, factor: int, person_weight: float, lower_weight: float = 0.0):
     """Per-latent-pixel loss weights (N x 1 x h x w): 1 + ``person_weight`` x the person's share of each
-    latent pixel's ``factor`` x ``factor`` image patch."""
+    latent pixel's ``factor`` x ``factor`` image patch + ``lower_weight`` x the share of its lower half."""
     import torch
 
-    share = torch.nn.functional.avg_pool2d(torch.from_numpy(masks).float()[:, None], factor)
-    return 1.0 + person_weight * share
+    def share(m):
+        return torch.nn.functional.avg_pool2d(torch.from_numpy(m).float()[:, None], factor)
+
+    weights = 1.0 + person_weight * share(masks)
+    return weights + lower_weight * share(lower_half(masks)) if lower_weight else weights
 
 
 def to_tensor(images: np.ndarray):
@@ -501,9 +516,9 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
     latents = encode_pool(vae, images) * scaling if cfg.init_from is None else None
 
     def person_weights():
-        if not cfg.person_weight:
+        if not (cfg.person_weight or cfg.lower_weight):
             return None
-        return latent_weights(masks, images.shape[1] // latents.shape[2], cfg.person_weight)
+        return latent_weights(masks, images.shape[1] // latents.shape[2], cfg.person_weight, cfg.lower_weight)
 
     def on_sample(tag, step, ema):
         pipe = assemble_pipeline(cfg, vae, unet, text_encoder, tokenizer, scheduler, scaling, ema)
@@ -514,7 +529,8 @@ def train_toy_base(cfg: ToyBaseConfig, out_dir, work_dir=None, captioner=None, p
 
     ema, pool_images = None, {}
     origin = recipe_fingerprint(cfg) if cfg.init_from is None else (
-        f"init_from={Path(resolve_model_path(cfg.init_from)).resolve()}")
+        f"init_from={Path(resolve_model_path(cfg.init_from)).resolve()} person_weight={cfg.person_weight} "
+        f"lower_weight={cfg.lower_weight}")
     for phase in unet_phases(cfg):
         if ema is not None:  # each phase starts from the previous phase's EMA weights
             unet.load_state_dict(ema["unet"])
