@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,7 +131,8 @@ class _LoraJob:
                                     init_lora_weights=True)
         self.text_lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.text_target_modules,
                                     init_lora_weights=True)
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")  # resident ids: meant
             torch.manual_seed(cfg.runtime.seed)
             self.unet.add_adapter(self.unet_lora, adapter_name=TRAIN_ADAPTER)
             self.unet.enable_adapters()
@@ -178,9 +180,11 @@ class _LoraJob:
     def close(self) -> None:
         if self.cfg.gradient_checkpointing:
             self.unet.disable_gradient_checkpointing()
-        self.unet.delete_adapters(TRAIN_ADAPTER)
-        if self.text_lora_added:
-            self.text_encoder.delete_adapter(TRAIN_ADAPTER)
+        with warnings.catch_warnings():  # peft then activates a resident identity adapter; callers set their own
+            warnings.filterwarnings("ignore", message=f"Adapter {TRAIN_ADAPTER} was active which is now deleted")
+            self.unet.delete_adapters(TRAIN_ADAPTER)
+            if self.text_lora_added:
+                self.text_encoder.delete_adapter(TRAIN_ADAPTER)
         for p, flag in self.flags:
             p.requires_grad_(flag)
 
