@@ -8,6 +8,7 @@ Ray layer) can keep many adapters resident and evict with an LRU via :func:`dele
 from __future__ import annotations
 
 import json
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ def _quiet_transformers():
     level = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        yield
+        with warnings.catch_warnings():  # several resident adapters in one model are the point here
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+            yield
     finally:
         transformers_logging.set_verbosity(level)
 
