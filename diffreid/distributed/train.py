@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import astuple
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from diffreid.reid.pretrain import PretrainConfig, export_backbone, run_pretrain
 def _train_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
+    import torch
 
     cfg = PretrainConfig.model_validate(config["cfg"])
     records = [ImageRecord(*r) for r in config["records"]]
@@ -29,11 +31,21 @@ def _train_worker(config: dict) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir and rank == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
+    # With CUDA, Ray Train moves the model and batches to the device it assigned this worker. A node that declares a
+    # GPU without CUDA (the fake test cluster) would get "cuda:0" from Ray: keep everything where runtime put it.
+    on_cuda = torch.cuda.is_available()
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as resume_dir:
-        run_pretraining(cfg, records, prepare_model=ray.train.torch.prepare_model,
-                        prepare_loader=ray.train.torch.prepare_data_loader, world_size=ctx.get_world_size(),
+        run_pretraining(cfg, records, prepare_model=partial(ray.train.torch.prepare_model, move_to_device=on_cuda),
+                        prepare_loader=partial(ray.train.torch.prepare_data_loader, move_to_device=on_cuda),
+                        world_size=ctx.get_world_size(),
                         resume_dir=resume_dir, save_checkpoint=report, progress=rank == 0)
+
+
+def distributed_backend(cfg: PretrainConfig) -> str:
+    if cfg.ray.backend != "auto":
+        return cfg.ray.backend
+    return "nccl" if cfg.ray.use_gpu else "gloo"
 
 
 def pretrain_with_ray(cfg: PretrainConfig, records: Sequence[ImageRecord], out_dir: str | Path,
@@ -49,7 +61,7 @@ def pretrain_with_ray(cfg: PretrainConfig, records: Sequence[ImageRecord], out_d
     trainer = TorchTrainer(
         train_loop_per_worker=_train_worker,
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "records": [astuple(r) for r in records]},
-        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=distributed_backend(cfg)),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(

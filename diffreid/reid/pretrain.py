@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +24,9 @@ from diffreid.io import atomic_path, atomic_write_json
 class RayTrainConfig(StageConfig):
     num_workers: int = Field(1, ge=1, description="DDP workers; one per GPU on a cluster")
     use_gpu: bool = Field(False, description="True on GPU clusters: one GPU per worker, nccl backend")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="torch.distributed backend; auto: nccl "
+                                                     "with use_gpu, else gloo. gloo also where GPUs are declared "
+                                                     "without CUDA (the fake multi-node test cluster)")
     cpus_per_worker: float = Field(1, gt=0, description="data loading runs in the worker process")
     gpus_per_worker: float = Field(1, ge=0, description="only used when use_gpu is true")
     max_failures: int = Field(3, ge=0, description="worker deaths survived by resuming from the last checkpoint")
