@@ -1,6 +1,7 @@
 """Scale-out on one machine with Ray's fake multi-node autoscaler (tests/fake_cluster.py): GPU nodes start from
 zero when a task or the build asks for ``num_gpus=1``, each generator actor gets its own GPU node and exactly one
-device in ``CUDA_VISIBLE_DEVICES``, the scoring pool runs on CPU nodes, and idle GPU nodes go away again.
+device in ``CUDA_VISIBLE_DEVICES``, the scoring pool runs on CPU nodes, idle GPU nodes go away again, and Ray Train
+with ``use_gpu=True`` places a worker per GPU node and survives losing one.
 
 The fake GPU nodes declare ``GPU: 1`` without having one: torch sees no CUDA there, so ``runtime.device: auto``
 falls back to the CPU. Order matters within the module (one cluster): the build runs after the GPU-task test
