@@ -228,9 +228,6 @@ def test_autoscaling_ray_train_places_gpu_workers_and_survives_node_loss(autosca
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(not os.environ.get("DIFFREID_NODE_LOSS_TEST"),
-                    reason="opt-in (DIFFREID_NODE_LOSS_TEST=1) until its flake is found: it passed in 2 of 3 runs; "
-                           "once the job committed no identity within 300 s")
 def test_node_loss_mid_build_finishes_without_missing_or_doubled_identities(autoscaling_cluster, tmp_path):
     """A GPU node lost mid-build, as a spot preemption: every process of the node that runs a generator is
     SIGKILLed (what the provider's terminate does, without its grace). The GCS marks the node dead, Ray Data
@@ -266,7 +263,8 @@ def test_node_loss_mid_build_finishes_without_missing_or_doubled_identities(auto
             raise AssertionError(f"the build job {status} before any identity:\n{jobs.get_job_logs(job)[-4000:]}")
         return committed(out) >= 1
 
-    fc.wait_until(first_identity, 300, "a first committed identity")
+    # ~75 s alone; once (1 of 6 runs, under load) none came within 300 s
+    fc.wait_until(first_identity, 420, "a first committed identity")
     kinds = fc.node_kinds(autoscaling_cluster.dashboard)
     alive = list_actors(address=autoscaling_cluster.dashboard, filters=[("state", "=", "ALIVE")], detail=True)
     lost = next(a for a in alive if "GeneratorActor" in (a.class_name or "") and kinds.get(a.node_id) == "gpu_worker")
