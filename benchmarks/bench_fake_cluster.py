@@ -10,6 +10,7 @@ speed-up. With 2 cores, more than two generator nodes cannot run faster than two
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--work", help="folder for the cluster and the builds (default: a temporary one)")
     args = ap.parse_args()
 
+    importlib.import_module("conftest")  # first: the loopback-only and auth settings Ray reads on import
     import ray
 
     import fake_cluster as fc
