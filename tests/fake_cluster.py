@@ -111,6 +111,18 @@ class FakeCluster:
         found.pop(os.getpid(), None)
         return list(found.values())
 
+    def kill_node(self, node_id: str) -> int:
+        """SIGKILL every process of one fake node at once, as a spot preemption would end it. Returns how many."""
+        import psutil
+
+        procs = self.node_processes(node_id)
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return len(procs)
+
     def stop(self) -> list[int]:
         """SIGTERM, then SIGKILL after 10 s, to this cluster's processes only. Returns pids still alive after."""
         import psutil
