@@ -13,7 +13,6 @@ import argparse
 import importlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -53,7 +52,7 @@ def main() -> None:
     import ray
 
     import fake_cluster as fc
-    from test_ray_build import EXCLUDES, RAY
+    from test_ray_build import submit
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-fake-cluster-"))
     cluster = fc.start_fake_cluster(work / "cluster")
@@ -77,11 +76,7 @@ def main() -> None:
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            done = subprocess.run(
-                [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(REPO),
-                 "--runtime-env-json", json.dumps(EXCLUDES), "--", "python", "-m", "ray_jobs.build_diff_person",
-                 "--config", str(config), "--out", str(out)],
-                capture_output=True, text=True, timeout=1800, cwd=REPO)
+            done = submit(cluster.dashboard, config, out, timeout=1800)
             wall = time.time() - t0
             first_gpu.setdefault("t", float("nan"))
             if done.returncode:

@@ -27,15 +27,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffreid.distributed.build import NODE_KIND_LABEL
+
 MB = 1024 ** 2
 IDLE_TIMEOUT_MINUTES = 0.2  # 12 s: scale-down is observable within a test
 WORKER_OBJECT_STORE = 100 * MB  # Ray's minimum is 75 MB; a fake node needs a few hundred MB in all
 HEAD_OBJECT_STORE = 200 * MB
 
 # The node types the autoscaling tests expect; the cloud cluster files use the same names.
-NODE_TYPES = {
-    "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "min_workers": 0, "max_workers": 3},
-    "cpu_worker": {"resources": {"CPU": 1}, "min_workers": 0, "max_workers": 2},
+NODE_TYPES = {  # labels: the cluster files' (test_cluster_configs checks they agree)
+    "gpu_worker": {"resources": {"CPU": 1, "GPU": 1}, "labels": {NODE_KIND_LABEL: "gpu"},
+                   "min_workers": 0, "max_workers": 3},
+    "cpu_worker": {"resources": {"CPU": 1}, "labels": {NODE_KIND_LABEL: "cpu"}, "min_workers": 0, "max_workers": 2},
 }
 HEAD_TYPE = "ray.head.default"
 
@@ -43,7 +46,8 @@ HEAD_TYPE = "ray.head.default"
 def autoscaling_config(gcs_address: str, head_cpus: int = 0) -> dict:
     """The cluster config the fake provider reads (the fields of the example.yaml the wheel names)."""
     types = {name: {"resources": {**t["resources"], "object_store_memory": WORKER_OBJECT_STORE},
-                    "node_config": {}, "min_workers": t["min_workers"], "max_workers": t["max_workers"]}
+                    "labels": t["labels"], "node_config": {}, "min_workers": t["min_workers"],
+                    "max_workers": t["max_workers"]}
              for name, t in NODE_TYPES.items()}
     types[HEAD_TYPE] = {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0}
     return {

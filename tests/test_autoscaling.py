@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import fake_cluster as fc
-from test_ray_build import EXCLUDES, IDS, IMAGES, RAY, REPO, TINY, check_complete
+from test_ray_build import IDS, IMAGES, TINY, check_complete, submit
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 BUILD = {}  # what the build test leaves for the scale-down test: when the job ended
@@ -83,10 +83,7 @@ def test_autoscaling_gpu_task_scales_gpu_worker_from_zero(autoscaling_cluster):
 
 
 def submit_build(dashboard: str, config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps(EXCLUDES),
-           "--", "python", "-m", "ray_jobs.build_diff_person", "--config", str(config), "--out", str(out), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=540, cwd=REPO)  # < pytest's 600 s
+    return submit(dashboard, config, out, *extra, timeout=540)  # < pytest's 600 s
 
 
 def test_autoscaling_build_places_generators_on_gpu_nodes(autoscaling_cluster, tmp_path):
@@ -99,7 +96,8 @@ def test_autoscaling_build_places_generators_on_gpu_nodes(autoscaling_cluster, t
     before = set(fc.node_kinds(autoscaling_cluster.dashboard))
     config = tmp_path / "tiny-gpu.yaml"
     # the pool size is given: with GPU workers at 0 no GPU is visible when the job starts
-    config.write_text(TINY.replace("ray: {generator_actors: 2,", "ray: {generator_actors: 2, generator_gpus: 1,")
+    config.write_text(TINY.replace("ray: {generator_actors: 2,", "ray: {generator_actors: 2, generator_gpus: 1, "
+                                   f"scorer_labels: {{{fc.NODE_KIND_LABEL}: cpu}},")
                       + "runtime: {device: auto}\n")
     out = tmp_path / "dp"
     t0 = time.time()
@@ -119,9 +117,8 @@ def test_autoscaling_build_places_generators_on_gpu_nodes(autoscaling_cluster, t
     gen_nodes = [a.node_id for a in generators]
     assert len(set(gen_nodes)) == 2, f"two generators on one node: {gen_nodes}"
     assert all(kinds[n] == "gpu_worker" and n not in before for n in gen_nodes), (gen_nodes, kinds, before)
-    # the scorer asks for CPU only; Ray puts it on a cpu_worker, or on a GPU node's spare CPU when none is up yet
-    # (seen in 1 of 3 runs), so the build does not pin it to CPU nodes yet
-    assert kinds[scorers[0].node_id] in ("cpu_worker", "gpu_worker"), (scorers[0].node_id, kinds)
+    # scorer_labels: on a CPU node, never a GPU node's spare CPU (without it, 1 run in 3 put it there)
+    assert kinds[scorers[0].node_id] == "cpu_worker", (scorers[0].node_id, kinds)
     assert not (scorers[0].required_resources or {}).get("GPU"), scorers[0].required_resources
     print(f"build of {IDS} identities x {IMAGES} images on the fake cluster: {took:.0f} s; "
           f"timings {json.dumps({k: v for k, v in timings.items() if k.endswith('_s')})}")
@@ -240,11 +237,8 @@ def test_node_loss_mid_build_finishes_without_missing_or_doubled_identities(auto
                       + "runtime: {device: auto}\n")
     out = tmp_path / "dp"
     slow = ["--set", "adapter.steps=12", "--set", "adapter.checkpoint_every=4"]  # the kill lands mid-run
-    cmd = [RAY, "job", "submit", "--no-wait", "--address", autoscaling_cluster.dashboard, "--working-dir", str(REPO),
-           "--runtime-env-json", json.dumps(EXCLUDES), "--", "python", "-m", "ray_jobs.build_diff_person",
-           "--config", str(config), "--out", str(out), *slow]
     t0 = time.time()
-    started = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    started = submit(autoscaling_cluster.dashboard, config, out, *slow, wait=False, timeout=300)
     assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
     job = job_id(started.stdout + started.stderr)
     jobs = JobSubmissionClient(autoscaling_cluster.dashboard)

@@ -131,6 +131,39 @@ def test_kuberay_resources_have_the_required_fields(kuberay):
     assert isinstance(service["serveConfigV2"], str) and yaml.safe_load(service["serveConfigV2"])["applications"]
 
 
+def node_kinds(types: dict[str, tuple[dict, float]]) -> set[tuple[str, bool]]:
+    """{(node-kind label, has a GPU)} of node types given as name -> (Ray node labels, GPUs); every type with
+    CPUs for Ray carries the label, and it says whether the type has a GPU."""
+    from diffreid.distributed.build import NODE_KIND_LABEL
+
+    kinds = set()
+    for name, (labels, gpus) in types.items():
+        kind = labels.get(NODE_KIND_LABEL)
+        assert kind == ("gpu" if gpus else "cpu"), f"node type {name}: {NODE_KIND_LABEL}={kind!r}, GPUs {gpus}"
+        kinds.add((kind, bool(gpus)))
+    return kinds
+
+
+def test_cluster_files_label_node_kinds_as_the_test_cluster_does(kuberay):
+    """The build's scorer_labels select nodes by `diffreid/node-kind`: the launcher YAMLs and KubeRay groups
+    (read with the autoscaler's own parser) label GPU and CPU nodes as the fake test cluster does."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import _get_labels_from_group_spec
+
+    import fake_cluster
+
+    fixture = node_kinds({n: (t["labels"], t["resources"].get("GPU", 0)) for n, t in fake_cluster.NODE_TYPES.items()})
+    assert fixture == {("gpu", True), ("cpu", False)}
+    for name in ("aws.yaml", "gcp.yaml"):
+        types = load(CLUSTER / name)["available_node_types"]
+        assert node_kinds({n: (t.get("labels", {}), t["resources"].get("GPU", 0)) for n, t in types.items()}) == fixture
+    for name in kuberay:
+        groups = cluster_spec(kuberay, name)["workerGroupSpecs"]
+        got = node_kinds({g["groupName"]: (_get_labels_from_group_spec(g, g["groupName"]),
+                                           int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
+                                               .get("nvidia.com/gpu", 0))) for g in groups})
+        assert got == fixture, name
+
+
 def test_rayjob_entrypoint_names_a_job_and_config_of_this_repo(kuberay):
     from diffreid.distributed.build import RayBuildJobConfig
 

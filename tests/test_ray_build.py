@@ -43,13 +43,15 @@ def tiny_config(tmp_path_factory) -> Path:
     return path
 
 
-def submit(dashboard: str, config: Path, out: Path, *extra: str, wait: bool = True) -> subprocess.CompletedProcess:
+def submit(dashboard: str, config: Path, out: Path, *extra: str, wait: bool = True,
+           timeout: float = 400) -> subprocess.CompletedProcess:
+    """`ray job submit` of the build job; the one command every Ray build test and benchmark runs."""
     cmd = [RAY, "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(EXCLUDES)]
     if not wait:
         cmd.append("--no-wait")
     cmd += ["--", "python", "-m", "ray_jobs.build_diff_person", "--config", str(config), "--out", str(out), *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
 def job_id(output: str) -> str:

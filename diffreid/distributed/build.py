@@ -1,6 +1,6 @@
 """`build_diff_person` on a Ray cluster: the library's build roles placed on actor pools, streamed by Ray Data.
 
-    prepare_build                      one Ray task (GPU when generators use one): sources, filter models,
+    prepare_build                      one Ray task with a node's CPUs (+ the generator's GPU share): sources, filter models,
                                        captions, shared reference sets, all cached under OUT
     [shared_lora_ti] train_shared      one Ray task: the shared adapter, trained once
     identities ──map_batches(GeneratorActor pool)──> generated images ──map_batches(ScorerActor pool)──>
@@ -54,12 +54,23 @@ class RayBuildConfig(StageConfig):
     max_task_retries: int = Field(-1, ge=-1, description="re-runs of a batch lost with its actor; -1 = unlimited "
                                                          "(Ray Data's default); exceptions in our code are not retried")
     task_retries: int = Field(2, ge=0, description="retries of the prepare/shared-adapter tasks on node loss")
+    solo_task_cpus: float | None = Field(
+        None, gt=0, description="CPUs (and torch threads) of the tasks that run alone: prepare, shared adapter, "
+                                "fidelity. None = the largest live node that can also give the generator's GPU "
+                                "share (nothing else runs then); the generator's CPUs when none is up yet")
+    scorer_labels: dict[str, str] = Field(
+        default_factory=dict, description="node labels the scorers need, e.g. {diffreid/node-kind: cpu} on the "
+                                          "cluster files' nodes, so they leave GPU nodes' CPUs to generators; "
+                                          "{} = anywhere (a one-node cluster has no labels)")
 
 
 class RayBuildJobConfig(BuildConfig):
     """A BuildConfig plus its `ray:` section; a plain BuildConfig file (configs/toy.yaml) loads too."""
 
     ray: RayBuildConfig = Field(default_factory=RayBuildConfig, description="placement of the build's roles")
+
+
+NODE_KIND_LABEL = "diffreid/node-kind"  # cpu | gpu, on every node type of cluster/ and the test cluster
 
 
 @dataclass
@@ -72,6 +83,14 @@ class Placement:
     scorer_actors: int
     scorer_actors_max: int
     cluster_gpus: float
+    solo_task_cpus: float
+
+
+def _largest_node_cpus(gpus_needed: float) -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes()
+                if n["Alive"] and n["Resources"].get("GPU", 0) >= gpus_needed), default=0)
 
 
 def resolve_placement(rc: RayBuildConfig) -> Placement:
@@ -80,8 +99,26 @@ def resolve_placement(rc: RayBuildConfig) -> Placement:
     gpus = float(ray.cluster_resources().get("GPU", 0))
     gen_gpus = rc.generator_gpus if rc.generator_gpus is not None else (1.0 if gpus else 0.0)
     actors = rc.generator_actors or (max(1, int(gpus // gen_gpus)) if gen_gpus and gpus else 1)
+    solo_cpus = rc.solo_task_cpus or max(rc.generator_cpus, _largest_node_cpus(gen_gpus))
     return Placement(actors, max(actors, rc.generator_actors_max or actors), gen_gpus,
-                     rc.scorer_actors, max(rc.scorer_actors, rc.scorer_actors_max or rc.scorer_actors), gpus)
+                     rc.scorer_actors, max(rc.scorer_actors, rc.scorer_actors_max or rc.scorer_actors), gpus,
+                     solo_cpus)
+
+
+def _with_threads(fn, threads: int):
+    """fn in a Ray task with `threads` torch threads (a reused worker keeps the thread count of its first task)."""
+    def run(*args, **kwargs):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    run.__name__ = fn.__name__
+    return run
 
 
 def _pool(size: int, max_size: int):
@@ -120,7 +157,8 @@ def scored_identities(cfg: RayBuildJobConfig, plan: BuildPlan, pids: list[int], 
         ds = ds.map_batches(ScorerActor, batch_size=rc.scorer_batch_identities,
                             compute=_pool(placement.scorer_actors, placement.scorer_actors_max),
                             num_cpus=rc.scorer_cpus, num_gpus=rc.scorer_gpus or None,
-                            fn_constructor_args=(cfg, plan), **_restart_args(rc))
+                            fn_constructor_args=(cfg, plan), **_restart_args(rc),
+                            **({"label_selector": dict(rc.scorer_labels)} if rc.scorer_labels else {}))
     return ds
 
 
@@ -135,15 +173,16 @@ def build_diff_person_ray(cfg: RayBuildJobConfig, out_dir: str | Path, progress:
     rc = cfg.ray
     placement = resolve_placement(rc)
     out = Path(out_dir).resolve()
-    task = dict(num_cpus=rc.generator_cpus, num_gpus=placement.generator_gpus, max_retries=rc.task_retries)
-    plan = ray.get(ray.remote(**task)(prepare_build).remote(cfg, out, progress=False))
+    task = dict(num_cpus=placement.solo_task_cpus, num_gpus=placement.generator_gpus, max_retries=rc.task_retries)
+    threads = max(1, int(placement.solo_task_cpus))
+    plan = ray.get(ray.remote(**task)(_with_threads(prepare_build, threads)).remote(cfg, out, progress=False))
     timings = {"prepare_s": time.time() - t0, "placement": placement.__dict__}
     with open_writer(cfg, plan) as writer:
         todo = {j.pid: j for j in pending_jobs(plan, writer)}
     if todo:
         if cfg.adapter.mode == "shared_lora_ti":
             t1 = time.time()
-            ray.get(ray.remote(**task)(_train_shared).remote(cfg, plan))
+            ray.get(ray.remote(**task)(_with_threads(_train_shared, threads)).remote(cfg, plan))
             timings["shared_adapter_s"] = time.time() - t1
         t1 = time.time()
         data_ctx = ray.data.DataContext.get_current()
@@ -160,7 +199,7 @@ def build_diff_person_ray(cfg: RayBuildJobConfig, out_dir: str | Path, progress:
         timings["stream_s"] = time.time() - t1
     if cfg.fidelity.enabled:
         t1 = time.time()
-        ray.get(ray.remote(**task)(measure_build_fidelity).remote(cfg, plan))
+        ray.get(ray.remote(**task)(_with_threads(measure_build_fidelity, threads)).remote(cfg, plan))
         timings["fidelity_s"] = time.time() - t1
     timings["total_s"] = time.time() - t0
     timings["identities_generated"] = len(todo)
