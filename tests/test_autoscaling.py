@@ -108,6 +108,7 @@ def test_autoscaling_build_places_generators_on_gpu_nodes(autoscaling_cluster, t
     check_complete(out)
     timings = json.loads((out / "timings.json").read_text())
     assert timings["placement"]["generator_actors"] == 2 and timings["placement"]["generator_gpus"] == 1
+    assert timings["placement"]["solo_task_cpus"] == 1  # no GPU node up at submit: the generator's CPUs
 
     kinds = fc.node_kinds(autoscaling_cluster.dashboard)
     actors = list_actors(address=autoscaling_cluster.dashboard, detail=True, limit=1000)

@@ -103,6 +103,7 @@ def test_ray_job_submit_builds_a_verified_diff_person(ray_cluster, tiny_config, 
     timings = json.loads((out / "timings.json").read_text())
     assert timings["identities_generated"] == IDS
     assert timings["placement"]["generator_actors"] == 2
+    assert timings["placement"]["solo_task_cpus"] == 4  # prepare/fidelity run alone: the node's --num-cpus
     assert sorted(p.name for p in (out / "adapters").iterdir()) == [str(i) for i in range(1, IDS + 1)]
     fidelity = json.loads((out / "fidelity.json").read_text())  # measured by a Ray task, shown in the report
     assert fidelity["groups"]["all"]["images"] == IDS * IMAGES and "fidelity_s" in timings

@@ -106,12 +106,15 @@ def resolve_placement(rc: RayBuildConfig) -> Placement:
 
 
 def _with_threads(fn, threads: int):
-    """fn in a Ray task with `threads` torch threads (a reused worker keeps the thread count of its first task)."""
+    """fn in a Ray task with `threads` torch threads (a reused worker keeps the thread count of its first task),
+    at most one per core of the node it lands on (a node may advertise more CPUs than it has)."""
     def run(*args, **kwargs):
+        import os
+
         import torch
 
         before = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(max(1, min(threads, os.cpu_count() or threads)))
         try:
             return fn(*args, **kwargs)
         finally:
