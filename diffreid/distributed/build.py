@@ -105,23 +105,28 @@ def resolve_placement(rc: RayBuildConfig) -> Placement:
                      solo_cpus)
 
 
-def _with_threads(fn, threads: int):
-    """fn in a Ray task with `threads` torch threads (a reused worker keeps the thread count of its first task),
-    at most one per core of the node it lands on (a node may advertise more CPUs than it has)."""
+def _solo_task(fn, rc: RayBuildConfig, placement: Placement):
+    """fn as a Ray task that runs alone: the generator's GPU share and a node's CPUs as torch threads, at most
+    one per core of the node it lands on (a node may advertise more CPUs than it has; a reused worker would
+    otherwise keep the thread count of its first task)."""
+    import ray
+
     def run(*args, **kwargs):
         import os
 
         import torch
 
         before = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(threads, os.cpu_count() or threads)))
+        threads = max(1, int(placement.solo_task_cpus))
+        torch.set_num_threads(min(threads, os.cpu_count() or threads))
         try:
             return fn(*args, **kwargs)
         finally:
             torch.set_num_threads(before)
 
     run.__name__ = fn.__name__
-    return run
+    return ray.remote(num_cpus=placement.solo_task_cpus, num_gpus=placement.generator_gpus,
+                      max_retries=rc.task_retries)(run)
 
 
 def _pool(size: int, max_size: int):
@@ -176,16 +181,14 @@ def build_diff_person_ray(cfg: RayBuildJobConfig, out_dir: str | Path, progress:
     rc = cfg.ray
     placement = resolve_placement(rc)
     out = Path(out_dir).resolve()
-    task = dict(num_cpus=placement.solo_task_cpus, num_gpus=placement.generator_gpus, max_retries=rc.task_retries)
-    threads = max(1, int(placement.solo_task_cpus))
-    plan = ray.get(ray.remote(**task)(_with_threads(prepare_build, threads)).remote(cfg, out, progress=False))
+    plan = ray.get(_solo_task(prepare_build, rc, placement).remote(cfg, out, progress=False))
     timings = {"prepare_s": time.time() - t0, "placement": placement.__dict__}
     with open_writer(cfg, plan) as writer:
         todo = {j.pid: j for j in pending_jobs(plan, writer)}
     if todo:
         if cfg.adapter.mode == "shared_lora_ti":
             t1 = time.time()
-            ray.get(ray.remote(**task)(_with_threads(_train_shared, threads)).remote(cfg, plan))
+            ray.get(_solo_task(_train_shared, rc, placement).remote(cfg, plan))
             timings["shared_adapter_s"] = time.time() - t1
         t1 = time.time()
         data_ctx = ray.data.DataContext.get_current()
@@ -202,7 +205,7 @@ def build_diff_person_ray(cfg: RayBuildJobConfig, out_dir: str | Path, progress:
         timings["stream_s"] = time.time() - t1
     if cfg.fidelity.enabled:
         t1 = time.time()
-        ray.get(ray.remote(**task)(_with_threads(measure_build_fidelity, threads)).remote(cfg, plan))
+        ray.get(_solo_task(measure_build_fidelity, rc, placement).remote(cfg, plan))
         timings["fidelity_s"] = time.time() - t1
     timings["total_s"] = time.time() - t0
     timings["identities_generated"] = len(todo)
