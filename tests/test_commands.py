@@ -180,3 +180,40 @@ def test_run_all_refuses_overrides_beside_a_config_object(tmp_path):
     with pytest.raises(ConfigError, match="apply to a YAML file"):
         run_all(cfg, tmp_path / "out", overrides=["pretrain.epochs=1"])
     assert not (tmp_path / "out").exists()
+
+
+LOCAL_RAY_PROBE = """
+from diffreid.distributed.cluster import init_ray
+init_ray(num_cpus=1)
+import ray
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def own_state(self):
+        from ray.util.state import get_actor
+        return get_actor(ray.get_runtime_context().get_actor_id(), timeout=30).state
+
+print("STATE", ray.get(Probe.remote().own_state.remote()))
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+def test_a_local_clusters_workers_reach_its_own_state_api(tmp_path):
+    """A command's own local Ray (``init_ray`` without an address): its workers find this cluster's state API,
+    as Ray Train's placement-group cleaner needs, not the dashboard of whatever `ray start` ran last here."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-c", LOCAL_RAY_PROBE], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0 and "STATE ALIVE" in out, out[-3000:]

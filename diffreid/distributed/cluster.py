@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import os
+import socket
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -21,5 +28,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}})
+    # Ray Train's placement-group cleaner asks the state API (the dashboard) whether its controller lives.
+    # A cluster started by ray.init is not recorded as the machine's current cluster, so its workers would
+    # look for the dashboard of whatever `ray start` ran last; they are told this one's address instead.
+    dashboard_port = _free_loopback_port()
+    env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
+           "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=dashboard_port, _node_ip_address="127.0.0.1", runtime_env={"env_vars": env})
