@@ -186,6 +186,26 @@ def test_rerun_resumes_without_duplicates(expanded, worlds):
     assert result.summary["scorer"]["train_seconds"] == 0 and result.summary["adapter"]["seconds"] == 0
 
 
+def test_lpe_captions_follow_every_prompt_of_both_modalities(expanded, worlds):
+    """With ``lpe`` set, each identity's caption of its visible images follows the modality/token prompt in
+    training (VI identities' IR and visible images, RGB identities') and in IR sampling."""
+    captioned = small_config(worlds, lpe={"captioner": "template", "template_caption": "a person in a red shirt"},
+                             ir_images_per_id=1, rgb_images_per_id=0, fidelity_reader=None)
+    from diffreid.generation.adapters import read_adapter_meta
+
+    captioned["adapter"]["steps"] = 1
+    captioned["scorer"] = {"model_dir": str(expanded["out"] / "scorer"), "evaluate": False}
+    out = worlds["base"] / "out-lpe"
+    summary = expand_vi(VIExpandConfig.model_validate(captioned), out).summary
+    assert summary["captions"] == {"identities": 5 + 3, "example": "a person in a red shirt"}
+    prompts = read_adapter_meta(out / "adapter")["prompts"]["instance"]
+    assert "a infrared cam3 photo of <id-0001> person, a person in a red shirt" in prompts or \
+        "a infrared cam6 photo of <id-0001> person, a person in a red shirt" in prompts
+    assert all(p.endswith(", a person in a red shirt") for p in prompts)
+    gen = pd.read_parquet(out / "manifest.parquet").query("origin == 'generated'")
+    assert len(gen) == 3 and gen["prompt"].str.endswith("person, a person in a red shirt").all()
+
+
 @pytest.mark.ray
 def test_ray_job_runs_the_same_function(expanded):
     """The Ray entrypoint (a local cluster on 127.0.0.1) resumes the finished output: nothing is regenerated."""

@@ -9,6 +9,7 @@ from diffreid.config import ConfigError, RuntimeConfig, StageConfig, fill_runtim
 from diffreid.data.toyworld import ToyWorldConfig
 from diffreid.filtering.base import FilterConfig
 from diffreid.generation.adapters.config import AdapterConfig
+from diffreid.generation.prompts import LPEConfig
 from diffreid.generation.sampler import SamplerConfig
 from diffreid.models.pipeline import PipelineConfig
 from diffreid.reid.train import ReIDTrainConfig
@@ -67,6 +68,9 @@ class VIExpandConfig(StageConfig):
                                                             description="words that carry the modality")
     camera_words: bool = Field(True, description="VI images also name their camera ('infrared cam3'), so "
                                "each IR camera's look can be asked for")
+    lpe: LPEConfig | None = Field(None, description="None = DiVE's prompts (modality and camera words, token); "
+                                  "set = each identity's LPE caption of its visible images follows them, so the "
+                                  "shared LoRA can learn how described clothes read in infrared")
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(phrases_per_prompt=0),
                                    description="no attribute phrases by default: clothing words fight the "
                                    "identity token and mean little in infrared")
@@ -132,5 +136,6 @@ class VIExpandConfig(StageConfig):
             raise ConfigError(f"vi_dataset={self.vi_dataset!r} with an empty vi_root: the toy VI world is rendered "
                               "in SYSU-MM01's layout only; give the dataset folder or use sysu_mm01")
         parts = (self.pipeline, self.adapter, self.scorer.train)
-        fill_runtime(self.runtime, parts + ((self.fidelity_reader.train,) if self.fidelity_reader else ()))
+        parts += (self.fidelity_reader.train,) if self.fidelity_reader else ()
+        fill_runtime(self.runtime, parts + ((self.lpe,) if self.lpe else ()))
         return self

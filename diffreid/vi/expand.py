@@ -24,13 +24,14 @@ from diffreid.data.types import DatasetError, ImageRecord, ReIDDataset
 from diffreid.io import atomic_write_json
 from diffreid.vi.config import VIExpandConfig
 from diffreid.vi.layout import Generated, expansion_writer
-from diffreid.vi.modality import PromptMaker, generate, train_modality_adapter, training_images
+from diffreid.vi.modality import PromptMaker, generate, identity_captions, train_modality_adapter, training_images
 
 ADAPTER_DIR = "adapter"
 SCORER_DIR = "scorer"
 FILTER_DIR = "filter"
 SUMMARY = "summary.json"
 FIDELITY_DIR = "fidelity-reader"
+CAPTIONS_DIR = "captions"
 ADAPTER_NAME = "vi_modality"
 
 
@@ -149,7 +150,15 @@ def expand_vi(cfg: VIExpandConfig, out_dir: str | Path, progress: bool | None = 
 
     # 3. modality adapter
     pipe = load_pipeline(cfg.pipeline)
-    prompt = PromptMaker(cfg.prompt_template, dict(cfg.modality_words), cfg.camera_words)
+    captions = {}
+    if cfg.lpe is not None:
+        visible = {}
+        for r in vi_train:
+            if r.modality != "ir":
+                visible.setdefault(r.pid, []).append(r)
+        captions = identity_captions(cfg.lpe, {**visible, **by_new}, out / CAPTIONS_DIR)
+        summary["captions"] = {"identities": len(captions), "example": next(iter(captions.values()), "")}
+    prompt = PromptMaker(cfg.prompt_template, dict(cfg.modality_words), cfg.camera_words, captions)
     train_set = training_images(vi_train, by_new, cfg.adapter, prompt, cfg.train_images_per_id)
     adapter = train_modality_adapter(pipe, train_set, cfg.adapter, out / ADAPTER_DIR)
     summary["adapter"] = {"seconds": round(adapter.seconds, 2), "steps": adapter.steps, "images": len(train_set),

@@ -5,13 +5,14 @@ person's token with the infrared word.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from diffreid.config import ConfigError
 from diffreid.data.types import ImageRecord
 from diffreid.generation.adapters import AdapterConfig, AdapterResult
+from diffreid.generation.prompts import LPEConfig
 from diffreid.generation.sampler import GeneratedImage, SamplerConfig, sample_mixed
 
 
@@ -21,12 +22,17 @@ class PromptMaker:
     modality_words: dict[str, str]
     camera_words: bool
 
-    def __call__(self, token: str, modality: str, cam: int | None = None) -> str:
-        """``cam`` is a 1-based camera of the VI dataset (None for images of the RGB dataset)."""
+    captions: dict[int, str] = field(default_factory=dict)  # pid -> LPE caption of its visible images
+
+    def __call__(self, token: str, modality: str, cam: int | None = None, pid: int | None = None) -> str:
+        """``cam`` is a 1-based camera of the VI dataset (None for images of the RGB dataset); ``pid`` picks the
+        identity's caption, appended after a comma when the config gives captions."""
         word = self.modality_words[modality]
         if self.camera_words and cam is not None:
             word = f"{word} cam{cam}"
-        return " ".join(self.template.format(modality=word, token=token).split())
+        text = self.template.format(modality=word, token=token)
+        caption = self.captions.get(pid, "") if pid is not None else ""
+        return " ".join(f"{text}, {caption}".split()) if caption else " ".join(text.split())
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,22 @@ def thin(records: Sequence[ImageRecord], limit: int) -> list[ImageRecord]:
     return [records[int(i * step)] for i in range(limit)]
 
 
+def identity_captions(cfg: LPEConfig, visible: dict[int, Sequence[ImageRecord]], cache_dir: str | Path
+                      ) -> dict[int, str]:
+    """LPE's caption of every identity (pid -> its visible records), cached per pid under ``cache_dir``."""
+    from diffreid.generation.prompts import build_captioner, caption_identity, caption_images
+
+    captioner = build_captioner(cfg)
+    out = {}
+    for pid, recs in sorted(visible.items()):
+        sequences: dict[int, list[ImageRecord]] = {}
+        for r in sorted(recs, key=lambda r: r.path):
+            sequences.setdefault(r.camid, []).append(r)
+        paths = [r.path for r in caption_images(sequences, cfg)]
+        out[pid] = caption_identity(captioner, paths, cache_dir, pid, max_phrases=cfg.max_phrases)
+    return out
+
+
 def training_images(vi_records: Sequence[ImageRecord], rgb_records: dict[int, Sequence[ImageRecord]],
                     cfg: AdapterConfig, prompt: PromptMaker, per_id: int) -> list[TrainImage]:
     """The modality adapter's training set: each VI identity's images per modality (camera word from its
@@ -54,9 +76,9 @@ def training_images(vi_records: Sequence[ImageRecord], rgb_records: dict[int, Se
     for r in vi_records:
         groups.setdefault((r.pid, r.modality), []).append(r)
     for (pid, modality), recs in sorted(groups.items()):
-        out += [TrainImage(r.path, pid, prompt(cfg.token(pid), modality, r.camid + 1)) for r in thin(recs, per_id)]
+        out += [TrainImage(r.path, pid, prompt(cfg.token(pid), modality, r.camid + 1, pid)) for r in thin(recs, per_id)]
     for pid, recs in sorted(rgb_records.items()):
-        out += [TrainImage(r.path, pid, prompt(cfg.token(pid), "rgb")) for r in thin(recs, per_id)]
+        out += [TrainImage(r.path, pid, prompt(cfg.token(pid), "rgb", pid=pid)) for r in thin(recs, per_id)]
     return out
 
 
@@ -88,7 +110,7 @@ def generate(pipe, adapter: str, pids: Sequence[int], tokens: dict[int, str], mo
         count = len(range(slot, per_id, len(cams)))
         if count == 0:
             continue
-        items = [(pid, prompt(tokens[pid], modality, cam)) for pid in pids]
+        items = [(pid, prompt(tokens[pid], modality, cam, pid)) for pid in pids]
         images = sample_mixed(pipe, items, sampler.model_copy(update={"num_images": count}), adapter=adapter,
                               start_index=offset, init_images=init_images)
         for g in images:
