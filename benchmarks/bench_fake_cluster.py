@@ -28,17 +28,10 @@ from _headline import headline  # noqa: E402
 
 
 def build_config(ids: int, generators: int) -> str:
-    return f"""
-_BASE_: {REPO / "configs" / "toy.yaml"}
-sources:
-  - name: toy
-    toyworld: {{ids_train: {ids}, ids_test: 2, cams: 2, images_per_cam: [3, 4], cam_presence: 1.0,
-               height: 64, width: 32, seed: 0}}
-    max_identities: {ids}
-    min_images: 4
-ray: {{generator_actors: {generators}, generator_gpus: 1, scorer_actors: 1, adapter_cache: 2}}
-runtime: {{device: auto}}
-"""
+    from test_ray_build import toy_build_yaml
+
+    return toy_build_yaml(ids) + (f"ray: {{generator_actors: {generators}, generator_gpus: 1, scorer_actors: 1, "
+                                  "adapter_cache: 2}\nruntime: {device: auto}\n")
 
 
 def main() -> None:

@@ -19,15 +19,22 @@ IDS, IMAGES = 4, 4
 
 pytestmark = pytest.mark.ray
 
-TINY = f"""
+
+def toy_build_yaml(ids: int) -> str:
+    """The toy build (configs/toy.yaml) over ``ids`` toy identities: the Ray build tests' and
+    benchmarks/bench_fake_cluster.py's base."""
+    return f"""
 _BASE_: {REPO / "configs" / "toy.yaml"}
 sources:
   - name: toy
-    toyworld: {{ids_train: {IDS}, ids_test: 2, cams: 2, images_per_cam: [3, 4], cam_presence: 1.0,
+    toyworld: {{ids_train: {ids}, ids_test: 2, cams: 2, images_per_cam: [3, 4], cam_presence: 1.0,
                height: 64, width: 32, seed: 0}}
-    max_identities: {IDS}
+    max_identities: {ids}
     min_images: 4
-refset: {{num_images: 2, steps: 2, height: 64, width: 32, batch_size: 2}}
+"""
+
+
+TINY = toy_build_yaml(IDS) + f"""refset: {{num_images: 2, steps: 2, height: 64, width: 32, batch_size: 2}}
 adapter: {{steps: 2, checkpoint_every: 2}}
 sampler: {{num_images: {IMAGES}, steps: 2, batch_size: 4}}
 filter_reid: {{epochs: 1, warmup_epochs: 0, milestones: [], P: 4, K: 2, iters_per_epoch: 2}}
