@@ -43,7 +43,7 @@ test: $(STAMP) $(CHROMEDRIVER)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# the miniature reproduction of the paper's Tables 2-3 (about an hour on 2 cores): outputs/reproduce/RESULTS.md
+# the miniature reproduction (Tables 2-6 and the VI gain; about 3.7 h on 2 cores, resumable): outputs/reproduce/RESULTS.md
 reproduce: $(STAMP)
 	$(BIN)/python -m ray_jobs.reproduce --config configs/toy-reproduce.yaml --out outputs/reproduce
 
