@@ -21,7 +21,6 @@ class PromptMaker:
     template: str
     modality_words: dict[str, str]
     camera_words: bool
-
     captions: dict[int, str] = field(default_factory=dict)  # pid -> LPE caption of its visible images
 
     def __call__(self, token: str, modality: str, cam: int | None = None, pid: int | None = None) -> str:
@@ -31,7 +30,7 @@ class PromptMaker:
         if self.camera_words and cam is not None:
             word = f"{word} cam{cam}"
         text = self.template.format(modality=word, token=token)
-        caption = self.captions.get(pid, "") if pid is not None else ""
+        caption = self.captions.get(pid, "")
         return " ".join(f"{text}, {caption}".split()) if caption else " ".join(text.split())
 
 
