@@ -9,7 +9,6 @@ runs); the resident/evicted gap is the point.
 import argparse
 import io
 import os
-import socket
 import tempfile
 import sys
 import time
@@ -41,12 +40,6 @@ def crops(seed: int, n: int = 4) -> list[tuple[str, bytes]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--identities", type=int, default=4, help="new identities uploaded (>= 3)")
@@ -60,7 +53,7 @@ def main() -> None:
     import httpx
     from ray import serve
 
-    from diffreid.distributed.cluster import init_ray
+    from diffreid.distributed.cluster import free_loopback_port, init_ray
     from serve_apps.app import AppArgs, build_app
     from serve_apps.settings import toy_build_config
 
@@ -68,7 +61,7 @@ def main() -> None:
     settings = {"storage": f"{root}/store", "assets_dir": f"{root}/assets", "adapter_cache": 2,
                 "torch_threads": args.threads, "worker_poll_s": 0.1, "build": toy_build_config().model_dump(mode="json")}
     init_ray(num_cpus=4)
-    port = free_port()
+    port = free_loopback_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(AppArgs(settings=settings)), name="diffreid", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)

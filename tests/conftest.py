@@ -21,11 +21,7 @@ from pathlib import Path
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from diffreid.distributed.cluster import free_loopback_port as free_port
 
 
 def wait_for_port(port: int, deadline: float) -> None:

@@ -189,10 +189,10 @@ def test_rerun_resumes_without_duplicates(expanded, worlds):
 def test_lpe_captions_follow_every_prompt_of_both_modalities(expanded, worlds):
     """With ``lpe`` set, each identity's caption of its visible images follows the modality/token prompt in
     training (VI identities' IR and visible images, RGB identities') and in IR sampling."""
-    captioned = small_config(worlds, lpe={"captioner": "template", "template_caption": "a person in a red shirt"},
-                             ir_images_per_id=1, rgb_images_per_id=0, fidelity_reader=None)
     from diffreid.generation.adapters import read_adapter_meta
 
+    captioned = small_config(worlds, lpe={"captioner": "template", "template_caption": "a person in a red shirt"},
+                             ir_images_per_id=1, rgb_images_per_id=0, fidelity_reader=None)
     captioned["adapter"]["steps"] = 1
     captioned["scorer"] = {"model_dir": str(expanded["out"] / "scorer"), "evaluate": False}
     out = worlds["base"] / "out-lpe"

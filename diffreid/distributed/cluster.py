@@ -5,7 +5,8 @@ import os
 import socket
 
 
-def _free_loopback_port() -> int:
+def free_loopback_port() -> int:
+    """A port free on 127.0.0.1 now (the OS may hand it out again once released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -31,7 +32,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Ray Train's placement-group cleaner asks the state API (the dashboard) whether its controller lives.
     # A cluster started by ray.init is not recorded as the machine's current cluster, so its workers would
     # look for the dashboard of whatever `ray start` ran last; they are told this one's address instead.
-    dashboard_port = _free_loopback_port()
+    dashboard_port = free_loopback_port()
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0"),
            "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard_port}"}
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
