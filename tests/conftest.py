@@ -24,6 +24,11 @@ import pytest
 from diffreid.distributed.cluster import free_loopback_port as free_port
 
 
+# `ray start --block` on SIGTERM first asks the GCS to drain its node for up to 30 s; signalled as a group, the
+# GCS is already gone, so the teardown would wait out the whole 30 s. Test clusters serve nothing to drain.
+NO_DRAIN_ON_STOP = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+
+
 def wait_for_port(port: int, deadline: float) -> None:
     while time.time() < deadline:
         with socket.socket() as s:
@@ -49,7 +54,8 @@ def ray_cluster(tmp_path_factory):
                              *(f"--{flag}={free_port()}" for flag in (
                                  "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
                                  "runtime-env-agent-port", "ray-client-server-port")),
-                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                             "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **NO_DRAIN_ON_STOP}, start_new_session=True)
     try:
         deadline = time.time() + 180
         wait_for_port(port, deadline)

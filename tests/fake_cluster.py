@@ -166,7 +166,7 @@ def start_fake_cluster(folder: Path, head_cpus: int = 0, timeout: float = 180) -
 
     ``head_cpus=0`` keeps work off the head, as on a cloud cluster: every task or actor that asks for a CPU
     makes the autoscaler start a ``cpu_worker`` (or, with a GPU, a ``gpu_worker``)."""
-    from conftest import free_port, wait_for_job_agent, wait_for_port
+    from conftest import NO_DRAIN_ON_STOP, free_port, wait_for_job_agent, wait_for_port
 
     ray_bin = str(Path(sys.executable).with_name("ray"))
     port, dash, metrics = free_port(), free_port(), free_port()
@@ -176,7 +176,7 @@ def start_fake_cluster(folder: Path, head_cpus: int = 0, timeout: float = 180) -
     config.write_text(json.dumps(autoscaling_config(gcs, head_cpus), indent=1))  # JSON is YAML
     env = dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1",
                # fake nodes resolve their address in the monitor process: loopback, as the head's
-               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", **NO_DRAIN_ON_STOP)
     log = open(folder / "ray-start.log", "w")
     proc = subprocess.Popen([ray_bin, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
                              f"--autoscaling-config={config}", f"--num-cpus={head_cpus}", "--num-gpus=0",
