@@ -80,6 +80,20 @@ def test_results_table_has_every_setting_and_init(tmp_path):
     assert not (tmp_path / "out" / "results.png").exists(), "one p% point per setting: no curve to draw"
 
 
+def test_smallscale_subset_with_fewer_identities_than_P_trains(tmp_path):
+    """Ss 25% of 8 identities is 2, fewer than P=4: the run caps P at 2 instead of failing mid-study."""
+    from diffreid.reid.finetune import run_one
+
+    world = render_world(ToyWorldConfig(ids_train=8, ids_test=4, cams=2, height=64, width=32, seed=5),
+                         tmp_path / "world")
+    cfg = FinetuneEvalConfig.load(
+        target={"root": str(world)}, settings=["ss"], fractions=[25], seeds=[0],
+        train={"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 4, "K": 2, "epochs": 1,
+               "warmup_epochs": 0, "milestones": [5], "num_workers": 0, "pad": 2, "iters_per_epoch": 2})
+    (row,) = run_one(cfg, planned_runs(cfg)[0])
+    assert row["setting"] == "ss" and row["train_ids"] == 2 and 0 <= row["mAP"] <= 1
+
+
 def test_results_plot_draws_only_settings_with_a_curve(tmp_path):
     from diffreid.reid.finetune import METRIC_COLUMNS, write_results
 

@@ -179,6 +179,9 @@ def run_one(cfg: FinetuneEvalConfig, run: dict, progress: bool = False) -> list[
         records = fewshot_images(records, run["percent"], run["seed"])
     elif run["setting"] == "ss":
         records = smallscale_ids(records, run["percent"], run["seed"])
+        ids = len({r.pid for r in records})
+        if ids < train_cfg.P:  # e.g. Ss 10% of 48 identities is 5: a P×K batch holds every identity there is
+            train_cfg = train_cfg.model_copy(update={"P": max(2, ids)})
     model = train_reid(train_cfg, records, progress=progress).model
     evals = [(run["setting"], target)] if run["setting"] in cfg.settings else []
     if run["setting"] == "supervised" and "cross_domain" in cfg.settings:
