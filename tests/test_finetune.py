@@ -94,6 +94,31 @@ def test_smallscale_subset_with_fewer_identities_than_P_trains(tmp_path):
     assert row["setting"] == "ss" and row["train_ids"] == 2 and 0 <= row["mAP"] <= 1
 
 
+def test_finetune_resumes_from_its_run_log(tmp_path):
+    """Finished runs are kept in OUT/runs.jsonl: a re-run with one more seed runs only that seed; a torn last
+    line (a crash mid-write) and lines of another training config are ignored."""
+    import json
+
+    world = render_world(ToyWorldConfig(ids_train=4, ids_test=4, cams=2, height=64, width=32, seed=5),
+                         tmp_path / "world")
+    base = dict(target={"root": str(world)}, settings=["ss"], fractions=[50],
+                train={"model": {"backbone": "resnet18"}, "height": 64, "width": 32, "P": 2, "K": 2, "epochs": 1,
+                       "warmup_epochs": 0, "milestones": [5], "num_workers": 0, "pad": 2, "iters_per_epoch": 1})
+    out = tmp_path / "out"
+    first = run_finetune_eval(FinetuneEvalConfig.load(seeds=[0], **base), out, progress=False)
+    log = out / "runs.jsonl"
+    assert len(log.read_text().splitlines()) == 1
+    with open(log, "a") as f:
+        f.write('{"config": "torn')
+    both = run_finetune_eval(FinetuneEvalConfig.load(seeds=[0, 1], **base), out, progress=False)
+    entries = [json.loads(line) for line in log.read_text().splitlines() if not line.endswith("torn")]
+    assert [e["run"]["seed"] for e in entries] == [0, 1], "seed 0 was run again"
+    assert both.iloc[0]["mAP"] == first.iloc[0]["mAP"] and list(both["seed"]) == [0, 1]
+    other = FinetuneEvalConfig.load(seeds=[0], **{**base, "train": {**base["train"], "lr": 0.01}})
+    run_finetune_eval(other, out, progress=False)
+    assert len(log.read_text().splitlines()) == 4  # seeds 0, 1, the torn line, seed 0 of the other config
+
+
 def test_results_plot_draws_only_settings_with_a_curve(tmp_path):
     from diffreid.reid.finetune import METRIC_COLUMNS, write_results
 

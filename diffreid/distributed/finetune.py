@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffreid.reid.finetune import FinetuneEvalConfig, planned_runs, require_files, run_one, write_results
+from diffreid.reid.finetune import FinetuneEvalConfig, RunLog, planned_runs, require_files, run_one, write_results
 
 
 def run_finetune_eval_ray(cfg: FinetuneEvalConfig, out_dir: str | Path, num_cpus: float = 1, num_gpus: float = 0,
@@ -13,15 +13,15 @@ def run_finetune_eval_ray(cfg: FinetuneEvalConfig, out_dir: str | Path, num_cpus
     from tqdm import tqdm
 
     require_files(cfg)
+    runs, log = planned_runs(cfg), RunLog(cfg, out_dir)
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(run_one)
-    pending = [task.remote(cfg, run) for run in planned_runs(cfg)]
-    rows = []
+    pending = {task.remote(cfg, run): run for run in log.pending(runs)}
     with tqdm(total=len(pending), desc="fine-tune runs (ray)") as bar:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            rows += ray.get(done[0])
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            log.add(pending.pop(done), ray.get(done))
             bar.update(1)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(log.rows(runs))
     write_results(df, out_dir)
     return df
 

@@ -7,7 +7,10 @@ from several backbone initialisations (the project's pre-trained backbone, local
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -245,15 +248,59 @@ def run_dg(cfg: FinetuneEvalConfig, run: dict, train_cfg, progress: bool = False
     return rows
 
 
+class RunLog:
+    """OUT/runs.jsonl: each finished run's rows, appended as it ends, so a crashed or stopped fine-tune resumes
+    with only its unfinished runs, and adding a seed, fraction or setting runs only the new ones. Lines written
+    under other training/data fields (or a torn last line) are ignored."""
+
+    PLAN_FIELDS = {"settings", "fractions", "seeds"}  # which runs exist; each run's own key says which it is
+
+    def __init__(self, cfg: FinetuneEvalConfig, out_dir: str | Path):
+        self.path = Path(out_dir) / "runs.jsonl"
+        fields = cfg.model_dump(mode="json", exclude=self.PLAN_FIELDS)
+        self.config = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+        self.done: dict[str, list[dict]] = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if entry.get("config") == self.config:
+                    self.done[self.key(entry["run"])] = entry["rows"]
+
+    @staticmethod
+    def key(run: dict) -> str:
+        return json.dumps(run, sort_keys=True)
+
+    def pending(self, runs: list[dict]) -> list[dict]:
+        return [run for run in runs if self.key(run) not in self.done]
+
+    def add(self, run: dict, rows: list[dict]) -> None:
+        self.done[self.key(run)] = rows
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
+        with open(self.path, "a") as f:
+            f.write("\n" * bool(torn) + json.dumps({"config": self.config, "run": run, "rows": rows}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self, runs: list[dict]) -> list[dict]:
+        """Every row of ``runs``, in plan order."""
+        return [row for run in runs for row in self.done[self.key(run)]]
+
+
 def run_finetune_eval(cfg: FinetuneEvalConfig, out_dir: str | Path, progress: bool = True):
-    """Every setting x fraction x init x seed in this process; writes CSV/Markdown/PNG to OUT."""
+    """Every setting x fraction x init x seed in this process; writes CSV/Markdown/PNG to OUT. Re-running
+    resumes: runs already in OUT/runs.jsonl (same config) are not run again."""
     import pandas as pd
     from tqdm import tqdm
 
     require_files(cfg)
-    runs = planned_runs(cfg)
-    rows = [row for run in tqdm(runs, desc="fine-tune runs", disable=not progress) for row in run_one(cfg, run)]
-    df = pd.DataFrame(rows)
+    runs, log = planned_runs(cfg), RunLog(cfg, out_dir)
+    for run in tqdm(log.pending(runs), desc="fine-tune runs", disable=not progress):
+        log.add(run, run_one(cfg, run))
+    df = pd.DataFrame(log.rows(runs))
     write_results(df, out_dir)
     return df
 
