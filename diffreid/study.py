@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from diffreid.build import BuildTemplate
@@ -278,9 +279,11 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
     seeds_frame = None
     if seeded:
         extra = finetune_each("pretrain_seeds", seeded)
-        extra = extra.assign(init=extra["init"].str.split(" · ").str[0])
+        parts = extra["init"].str.split(" · pretrain seed ")
+        extra = extra.assign(init=parts.str[0], pretrain_seed=parts.str[1].astype(int))
         every = pd.concat(frames, ignore_index=True).drop_duplicates(["setting", "percent", "init", "seed"])
         seeds_frame = with_main_runs(every, extra, cfg.seeded_backbones)
+        seeds_frame["pretrain_seed"] = seeds_frame["pretrain_seed"].fillna(cfg.pretrain_seeds[0]).astype(int)
 
     # 4b. the other settings (Tables 4-6), worlds as domains
     domains_frame = None
@@ -316,12 +319,37 @@ def run_study(cfg: StudyConfig, out_dir, finetune_runner: Callable | None = None
         tables["ablations"] = to_markdown(summarise(frames[1]))
     if seeds_frame is not None:
         tables["pretrain_seeds"] = to_markdown(summarise(seeds_frame))
+        tables["seed_gaps"] = seed_gap_table(seeds_frame, cfg.seeded_backbones[0], cfg.seeded_backbones[1:])
     if domains_frame is not None:
         tables["domains"] = to_markdown(summarise(domains_frame))
     text = format_study(tables, agreement, sizes, timings, vi)
     atomic_write_text(out / "RESULTS.md", text)
     print(text)
     return {"results": out / "RESULTS.md", "dataframes": [str(out / "finetune" / k) for k in ("main", "ablations")]}
+
+
+def seed_gap_table(frame, reference: str, others: list[str]) -> str:
+    """Each backbone against ``reference`` with one sample per pre-training seed (its mean mAP over the
+    fine-tune seeds): gap of the means, and whether it exceeds the pooled std sqrt((s_ref² + s²)/2)."""
+    per_seed = frame.groupby(["setting", "percent", "init", "pretrain_seed"], sort=False)["mAP"].mean() * 100
+    lines = [f"| setting | p% | backbone | {reference} mAP | backbone mAP | gap | pooled std | gap > pooled std |",
+             "|---|---:|---|---:|---:|---:|---:|---|"]
+    for (setting, percent), part in per_seed.groupby(level=["setting", "percent"], sort=False):
+        by_init = {init: v.to_numpy() for init, v in part.groupby(level="init", sort=False)}
+        if reference not in by_init:
+            continue
+        ref = by_init[reference]
+        for name in others:
+            if name not in by_init:
+                continue
+            x = by_init[name]
+            pooled = float(np.sqrt((ref.std(ddof=1) ** 2 + x.std(ddof=1) ** 2) / 2)) if min(len(ref), len(x)) > 1 \
+                else float("nan")
+            gap = x.mean() - ref.mean()
+            lines.append(f"| {setting} | {percent} | {name} | {ref.mean():.1f} ±{ref.std(ddof=1):.1f} (n={len(ref)}) | "
+                         f"{x.mean():.1f} ±{x.std(ddof=1):.1f} (n={len(x)}) | {gap:+.1f} | {pooled:.1f} | "
+                         f"{'yes' if gap > pooled else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def with_main_runs(main, extra, inits):
@@ -364,6 +392,9 @@ def format_study(tables: dict[str, str], agreement: dict, sizes: dict, timings: 
     if "pretrain_seeds" in tables:
         lines += ["## Over pre-training seeds", "",
                   "Cells: mAP ± std over every pre-training seed × fine-tune seed.", "", tables["pretrain_seeds"]]
+        if "seed_gaps" in tables:
+            lines += ["One sample per pre-training seed (mean over the fine-tune seeds); ± is the std over "
+                      "pre-training seeds.", "", tables["seed_gaps"]]
     if "domains" in tables:
         lines += ["## Unsupervised, domain adaptation, domain generalisation (Tables 4-6)", "",
                   "unsupervised: cluster contrast on T's unlabelled train split; uda: supervised on world U, then "

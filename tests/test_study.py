@@ -53,9 +53,12 @@ def test_study_runs_every_backbone_and_reports(tmp_path):
     for init in ("random", "real S", "real S + Diff-Person", "no filter", "lambda_0"):
         assert init in text
     assert (tmp_path / "pretrain" / "real_S_plus_Diff-Person_seed1" / "backbone.safetensors").is_file()
-    seeds_table = text.split("## Over pre-training seeds")[1].split("##")[0]
+    seeds_table, gaps_table = text.split("## Over pre-training seeds")[1].split("##")[0].split("One sample per")
     rows = [line for line in seeds_table.splitlines() if line.startswith("| fs | 50 |")]
     assert len(rows) == 1 and rows[0].count("±") == 3  # b, c and c without filter, each over seeds 0 and 1
+    gaps = [line for line in gaps_table.splitlines() if line.startswith("| fs | 50 | real S + Diff-Person")]
+    assert len(gaps) == 2 and all(line.count("(n=2)") == 2 for line in gaps), gaps_table  # c and no filter vs b
+    assert all(line.rstrip(" |").endswith(("yes", "no")) for line in gaps)
     sizes = json.loads((tmp_path / "pretrain_sets.json").read_text())
     assert sorted(sizes) == sorted(cfg.backbone_names())
     real = sizes["real S"]["images"]
