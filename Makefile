@@ -43,7 +43,7 @@ test: $(STAMP) $(CHROMEDRIVER)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# the miniature reproduction (Tables 2-6 and the VI gain; about 3.7 h on 2 cores, resumable): outputs/reproduce/RESULTS.md
+# the miniature reproduction (Tables 2-6 and the VI gain; about 4 h on 2 cores, resumable; without its build variants and VI about 2 h): outputs/reproduce/RESULTS.md
 reproduce: $(STAMP)
 	$(BIN)/python -m ray_jobs.reproduce --config configs/toy-reproduce.yaml --out outputs/reproduce
 
