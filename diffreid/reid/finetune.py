@@ -260,14 +260,15 @@ class RunLog:
         fields = cfg.model_dump(mode="json", exclude=self.PLAN_FIELDS)
         self.config = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
         self.done: dict[str, list[dict]] = {}
-        if self.path.is_file():
-            for line in self.path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if entry.get("config") == self.config:
-                    self.done[self.key(entry["run"])] = entry["rows"]
+        text = self.path.read_text() if self.path.is_file() else ""
+        self.torn_tail = bool(text) and not text.endswith("\n")  # a crash mid-write: start the next entry on a new line
+        for line in text.splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if entry.get("config") == self.config:
+                self.done[self.key(entry["run"])] = entry["rows"]
 
     @staticmethod
     def key(run: dict) -> str:
@@ -279,11 +280,11 @@ class RunLog:
     def add(self, run: dict, rows: list[dict]) -> None:
         self.done[self.key(run)] = rows
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = self.path.is_file() and self.path.stat().st_size and not self.path.read_bytes().endswith(b"\n")
         with open(self.path, "a") as f:
-            f.write("\n" * bool(torn) + json.dumps({"config": self.config, "run": run, "rows": rows}) + "\n")
+            f.write("\n" * self.torn_tail + json.dumps({"config": self.config, "run": run, "rows": rows}) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        self.torn_tail = False
 
     def rows(self, runs: list[dict]) -> list[dict]:
         """Every row of ``runs``, in plan order."""
