@@ -133,7 +133,7 @@ def test_a_checkpoint_of_another_recipe_is_not_resumed():
     assert recipe_fingerprint(base) == recipe_fingerprint(base.model_copy(update={"unet_steps": 5000}))
     for change in ({"unet_lr": 1e-3}, {"text_layers": 4}, {"unet_pool": ToyPoolConfig(uniform_colours=True)},
                    {"train_text_encoder": False}, {"person_weight": 4.0}, {"lower_weight": 2.0},
-                   {"vae_from": "diffreid:toy-base"}):
+                   {"vae_from": "diffreid:toy-base"}, {"text_time_embedding": True}):
         assert recipe_fingerprint(base) != recipe_fingerprint(base.model_copy(update=change)), change
 
 
@@ -160,10 +160,12 @@ def test_person_weights_and_a_reused_vae(tmp_path):
     assert torch.allclose(latent_weights(masks, 2, 4.0, 3.0)[:, 0],
                           torch.from_numpy(1 + 4 * share + 3 * lower_share).float())
     cfg = ToyBaseConfig(pool=pool, vae_from="diffreid:toy-base", person_weight=4.0, unet_steps=2, unet_batch=2,
-                        threads=1, eval={"per_prompt": 1, "steps": 1})
+                        threads=1, eval={"per_prompt": 1, "steps": 1}, text_time_embedding=True)
     out = train_toy_base(cfg, tmp_path / "base", tmp_path / "work")
     stages = {json.loads(x)["stage"] for x in (tmp_path / "work" / "log.jsonl").read_text().splitlines()}
     assert stages == {"unet"}, "the VAE is reused, not trained"
+    unet = load_pipeline(PipelineConfig(path=str(tmp_path / "base"))).unet
+    assert unet.config.addition_embed_type == "text" and unet.add_embedding is not None, "pooled caption embedding"
     assert out["scaling_factor"] == pytest.approx(json.loads(
         (REPO / "diffreid/assets/toy-base/vae/config.json").read_text())["scaling_factor"])
     with pytest.raises(FileNotFoundError, match="vae_from="):

@@ -85,6 +85,10 @@ class ToyBaseConfig(StageConfig):
     unet_channels: list[int] = Field(default_factory=lambda: [64, 128], description="~3.9 M parameters")
     text_hidden: int = Field(64, description="CLIP text width = UNet cross-attention width (the shipped base)")
     text_layers: int = Field(2, description="captions are short attribute lists (the shipped base)")
+    text_time_embedding: bool = Field(False, description="also add an attention-pooled caption embedding to the "
+                                                         "time embedding, so every resnet (the 32x16 level too, "
+                                                         "which has no cross-attention) sees the colours; nearly "
+                                                         "free on CPU, where 32x16 cross-attention costs 2x")
     train_text_encoder: bool = Field(True, description="False keeps the text encoder at its seeded random weights: "
                                                        "the jointly trained one of the shipped base maps 'red shirt' "
                                                        "and 'blue shirt' to outputs only ~10% apart")
@@ -226,7 +230,8 @@ def build_models(cfg: ToyBaseConfig, tokenizer):
         # attention only below the top level: full-resolution attention halves CPU speed (probe)
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32)
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, norm_num_groups=32,
+        **(dict(addition_embed_type="text", addition_embed_type_num_heads=4) if cfg.text_time_embedding else {}))
     torch.manual_seed(cfg.seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.text_hidden, intermediate_size=4 * cfg.text_hidden,
