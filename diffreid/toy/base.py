@@ -85,10 +85,10 @@ class ToyBaseConfig(StageConfig):
     unet_channels: list[int] = Field(default_factory=lambda: [64, 128], description="~3.9 M parameters")
     text_hidden: int = Field(64, description="CLIP text width = UNet cross-attention width (the shipped base)")
     text_layers: int = Field(2, description="captions are short attribute lists (the shipped base)")
-    text_time_embedding: bool = Field(False, description="also add an attention-pooled caption embedding to the "
-                                                         "time embedding, so every resnet (the 32x16 level too, "
-                                                         "which has no cross-attention) sees the colours; nearly "
-                                                         "free on CPU, where 32x16 cross-attention costs 2x")
+    text_time_embedding: bool = Field(False, description="add an attention-pooled caption embedding to the time "
+                                                         "embedding, so the 32x16 resnets see the colours (3.3 vs "
+                                                         "2.9 s/step); off: with it the shipped recipe drew shirts "
+                                                         "42% / trousers 39% vs 86% / 42%")
     train_text_encoder: bool = Field(True, description="False keeps the text encoder at its seeded random weights: "
                                                        "the jointly trained one of the shipped base maps 'red shirt' "
                                                        "and 'blue shirt' to outputs only ~10% apart")
