@@ -44,7 +44,8 @@ def test_demo_command_runs_the_main_job_and_writes_a_report(ray_client, tmp_path
             f"build.sources=[{{name: toy, toyworld: {world}, max_identities: 2, min_images: 4}}]",
             "build.adapter.steps=2", "build.adapter.checkpoint_every=2", "build.refset.num_images=4",
             "build.refset.batch_size=4", "build.sampler.num_images=4", "build.sampler.batch_size=4",
-            "build.filter.threshold=0.0", "build.filter_reid.epochs=1", "build.filter_reid.milestones=[]",
+            "build.filter.threshold=0.0", "build.filter.min_similarity=null", "build.filter_reid.epochs=1",
+            "build.filter_reid.milestones=[]",
             "build.fidelity.reader.epochs=1", "build.fidelity.reader.iters_per_epoch=2", "pretrain.epochs=1",
             "finetune_eval.train.epochs=1", "finetune_eval.train.milestones=[]", "finetune_eval.seeds=[0]",
             "finetune_eval.fractions=[50]")

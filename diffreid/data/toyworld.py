@@ -236,7 +236,7 @@ def make_camera(index: int, seed: int = 0, nuisance: float = 1.0) -> Camera:
 
 
 @lru_cache(maxsize=256)
-def _background(cam: Camera, height: int, width: int, modality: str) -> Image.Image:
+def render_background(cam: Camera, height: int, width: int, modality: str = "rgb") -> Image.Image:
     """The camera's empty scene (shared, never drawn on), a little larger than the crop so each image can
     frame it differently."""
     pad_h, pad_w = max(2, height // 8), max(2, width // 8)
@@ -483,7 +483,7 @@ def render_person(identity: Identity, cam: Camera | int, view: str | None, rng: 
     j = cam.jitter
 
     # 1. scene, cropped at this detection's offset
-    bg = _background(cam, height, width, modality)  # crop() below copies it
+    bg = render_background(cam, height, width, modality)  # crop() below copies it
     pad_w, pad_h = (bg.width - width) // 2, (bg.height - height) // 2
     ox, oy = offset if offset is not None else rng.uniform(-1, 1, size=2)
     left = int(round(pad_w + ox * pad_w * min(j, 1.0)))
