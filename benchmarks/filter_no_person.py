@@ -38,15 +38,12 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=12, help="person-free images of each kind")
     args = ap.parse_args()
 
-    from diffreid.build import BuildConfig, IdentityScorer, prepare_build
-    from diffreid.config import read_yaml, resolved_config
+    from diffreid.build import IdentityScorer, load_build_config, prepare_build
     from diffreid.diffperson.manifest import read_manifest
     from diffreid.filtering.reid_ctf import similarity_floor
 
     root = Path(args.build).resolve()
-    data = read_yaml(resolved_config(root))
-    data.pop("ray", None)  # a Ray build records its actor settings beside the build's own fields
-    cfg = BuildConfig.model_validate(data)
+    cfg = load_build_config(root)
     worlds = [s for s in cfg.sources if s.toyworld is not None]
     if not worlds:
         raise SystemExit(f"{root}: not a toy-world build (no source with a toyworld section)")

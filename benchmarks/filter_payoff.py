@@ -24,9 +24,9 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default=str(REPO / "diffreid" / "configs" / "demo.yaml"))
     args = p.parse_args(argv)
 
-    from diffreid.build import BuildConfig
+    from diffreid.build import load_build_config
     from diffreid.data.sources import source_root
-    from diffreid.config import read_yaml, resolved_config
+    from diffreid.config import read_yaml
     from diffreid.data.types import ImageRecord
     from diffreid.diffperson.manifest import read_manifest
     from diffreid.reid.finetune import FinetuneEvalConfig, run_finetune_eval, summarise
@@ -35,9 +35,7 @@ def main(argv=None) -> int:
     demo = Path(args.demo_out)
     dp = demo / "diff-person"
     preset = read_yaml(args.preset)
-    build_data = read_yaml(resolved_config(dp))
-    build_data.pop("ray", None)  # a Ray build records its actor settings beside the build's own fields
-    build = BuildConfig.model_validate(build_data)
+    build = load_build_config(dp)
     df = read_manifest(dp)
     gen = df[df["origin"] == "generated"].reset_index(drop=True)
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from diffreid.config import RESOLVED_CONFIG, RuntimeConfig, StageConfig, apply_overrides, fill_runtime
+from diffreid.config import (RESOLVED_CONFIG, ConfigError, RuntimeConfig, StageConfig, apply_overrides, fill_runtime,
+                             read_yaml, resolved_config)
 from diffreid.data.sources import SourceConfig, load_source, selected_identities
 from diffreid.diffperson.fidelity import FidelityConfig
 from diffreid.diffperson.writer import DiffPersonWriter, WriterConfig
@@ -175,6 +176,16 @@ def prepare_build(cfg: BuildConfig, out_dir: str | Path, progress: bool = True) 
                 plan.refsets[src.name], plan.refset_prompts[src.name] = make_refset(
                     cfg, pipe, prompts, out / "refsets" / src.name)
     return plan
+
+
+def load_build_config(root: str | Path) -> BuildConfig:
+    """A finished build's own config (ROOT/config.yaml), without the ``ray:`` section a Ray build records beside it."""
+    path = resolved_config(root)
+    if path is None:
+        raise ConfigError(f"{root}: no {RESOLVED_CONFIG} (not a Diff-Person build folder)")
+    data = read_yaml(path)
+    data.pop("ray", None)
+    return BuildConfig.validated(data, str(path))
 
 
 def ensure_filter_model(cfg: BuildConfig, train_records, folder: Path, progress: bool) -> Path:

@@ -1,11 +1,13 @@
 """build_diff_person end to end on the toy world with the tiny model: layout, manifest, resume, bad input."""
 import json
 from collections import Counter
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from diffreid.build import BuildConfig, build_diff_person
+from diffreid.build import BuildConfig, build_diff_person, load_build_config
 from diffreid.config import ConfigError
 from diffreid.data import load_dataset
 from diffreid.data.toyworld import ToyWorldConfig, render_world
@@ -100,3 +102,12 @@ def test_shared_lora_ti_build_trains_once_and_samples_every_identity(source, tmp
     assert (shared / "token_embeddings.safetensors").is_file() and (shared / "tokens.json").is_file()
     assert not [p for p in (tmp_path / "adapters").iterdir() if p.name != "shared"]
     assert all("<id-" in p for p in df.prompt) and verify(tmp_path).ok
+
+
+def test_load_build_config_reads_a_ray_builds_config_and_names_a_folder_without_one(tmp_path):
+    cfg = BuildConfig.load(Path(__file__).resolve().parents[1] / "configs" / "toy.yaml")
+    data = cfg.model_dump(mode="json")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**data, "ray": {"generator_actors": 2}}))
+    assert load_build_config(tmp_path) == cfg
+    with pytest.raises(ConfigError, match="not a Diff-Person build folder"):
+        load_build_config(tmp_path / "missing")
